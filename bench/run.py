@@ -1,0 +1,285 @@
+"""Benchmarks: enqueue latency, batch intake, end-to-end delivery, and a raw ceiling.
+
+    .venv/bin/python bench/run.py            # the full run (about 3 minutes)
+    .venv/bin/python bench/run.py --quick    # smaller counts, for a smoke check
+
+Each proxy figure comes from a real ``gmp serve`` process (SQLite in a temporary directory)
+driven over HTTP from this process, sending to a sink in a third process: aiosmtpd (Python)
+and Postfix's ``smtp-sink`` (C; ``apt-get install postfix``), whose higher ceiling shows the
+proxy's own cost. The ceiling is raw aiosmtplib in this process sending the same bytes to the
+same sink over the same number of connections. Results go to stdout as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import httpx
+
+from gmp_core.intake import parse_message
+from gmp_core.mime import build_mime
+from gmp_core.models import OutgoingMessage
+
+HERE = Path(__file__).resolve().parent
+TOKEN = "bench-token"
+BODY = ("Dear customer,\n\nyour order has shipped and will arrive within three working "
+        "days. Track it from your account page.\n\nThank you for shopping with us.\n") * 6
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def payload(i: int, prefix: str = "m") -> dict[str, Any]:
+    return {"id": f"{prefix}{i}", "account_id": "bench", "from": "Shop <shop@example.com>",
+            "to": [f"customer{i}@example.com"], "subject": f"Your order {i} has shipped",
+            "body": BODY}
+
+
+def raw_bytes() -> bytes:
+    """The bytes the proxy sends for a benchmark message (same builder, same content)."""
+    message = parse_message(payload(0), default_priority=2, default_account=None)
+    return build_mime(OutgoingMessage(message, attempt=1))
+
+
+# ---------------------------------------------------------------------- processes
+
+@contextlib.contextmanager
+def smtp_sink(kind: str) -> Iterator[int]:
+    port = free_port()
+    if kind == "aiosmtpd":
+        proc = subprocess.Popen([sys.executable, str(HERE / "sink.py"), str(port)],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    else:
+        user = "nobody" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
+        proc = subprocess.Popen(["smtp-sink", "-u", user, "-c", f"127.0.0.1:{port}", "1000"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(port)
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+class Proxy:
+    """A ``gmp serve`` process on a fresh SQLite database."""
+
+    def __init__(self, workdir: Path, connections: int) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        config = workdir / "plugins.toml"
+        config.write_text(
+            f'[sql]\nurl = "{workdir / "gmp.db"}"\n'
+            f'[rest]\nport = {self.port}\n'
+            f'[token_auth]\napi_token = "{TOKEN}"\n'
+            f'[service]\nmax_concurrent_sends = {max(32, connections)}\n'
+            "batch_size_per_account = 500\n")
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "gmp"), "serve", "--config", str(config),
+             "--log-level", "WARNING"], cwd=workdir)
+        wait_for_port(self.port)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, headers={"X-API-Token": TOKEN},
+                                 timeout=60)
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+async def call(client: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> Any:
+    response = await client.request(method, path, **kwargs)
+    response.raise_for_status()
+    return response.json()
+
+
+async def setup_account(client: httpx.AsyncClient, sink_port: int, connections: int) -> None:
+    await call(client, "POST", "/account", json={
+        "id": "bench", "host": "127.0.0.1", "port": sink_port, "tls": "none",
+        "max_connections": connections, "batch_size": 500})
+
+
+async def enqueue(client: httpx.AsyncClient, count: int, prefix: str = "m",
+                  batch: int = 1000) -> float:
+    """Queue ``count`` messages in batches; return messages per second."""
+    started = time.perf_counter()
+    for first in range(0, count, batch):
+        body = {"messages": [payload(i, prefix) for i in range(first, min(count, first + batch))]}
+        result = await call(client, "POST", "/commands/add-messages", json=body)
+        assert result["queued"] == len(body["messages"]), result
+    return count / (time.perf_counter() - started)
+
+
+async def sent_count(client: httpx.AsyncClient) -> int:
+    return int((await call(client, "GET", "/status"))["queue"]["sent"])
+
+
+async def deliver_all(client: httpx.AsyncClient, total: int,
+                      sample_every: int | None = None) -> tuple[float, list[float]]:
+    """Activate sending and wait until ``total`` are sent; messages/s overall and per
+    ``sample_every`` messages."""
+    started = time.perf_counter()
+    await call(client, "POST", "/commands/activate")
+    marks: list[tuple[float, int]] = [(started, 0)]
+    while (sent := await sent_count(client)) < total:
+        marks.append((time.perf_counter(), sent))
+        await asyncio.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    segments = []
+    if sample_every:
+        boundary, last = sample_every, (started, 0)
+        for moment, count in [*marks[1:], (started + elapsed, total)]:
+            if count >= boundary:
+                segments.append((count - last[1]) / (moment - last[0]))
+                last, boundary = (moment, count), boundary + sample_every
+    return total / elapsed, segments
+
+
+# ---------------------------------------------------------------------- measurements
+
+async def raw_ceiling(sink_port: int, connections: int, count: int) -> float:
+    """Raw aiosmtplib: ``connections`` clients sending the same bytes as fast as they can."""
+    data = raw_bytes()
+    remaining = iter(range(count))
+
+    async def worker() -> None:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=sink_port, start_tls=False)
+        await smtp.connect()
+        for i in remaining:
+            await smtp.sendmail("shop@example.com", [f"customer{i}@example.com"], data)
+        await smtp.quit()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return count / (time.perf_counter() - started)
+
+
+async def single_enqueue_latency(client: httpx.AsyncClient, count: int,
+                                 prefix: str) -> tuple[float, float]:
+    samples = []
+    for i in range(count):
+        body = {"messages": [payload(i, prefix)]}
+        started = time.perf_counter()
+        response = await client.post("/commands/add-messages", json=body)
+        samples.append(time.perf_counter() - started)
+        assert response.status_code == 200
+    samples.sort()
+    return statistics.median(samples) * 1000, samples[int(len(samples) * 0.99)] * 1000
+
+
+async def bench_sink(kind: str, connections: int, count: int, rows: list[str]) -> None:
+    with smtp_sink(kind) as sink_port:
+        ceiling = await raw_ceiling(sink_port, connections, count)
+        with tempfile.TemporaryDirectory() as tmp:
+            proxy = Proxy(Path(tmp), connections)
+            try:
+                async with proxy.client() as client:
+                    await setup_account(client, sink_port, connections)
+                    await call(client, "POST", "/commands/suspend")
+                    intake = await enqueue(client, count)
+                    rate, _ = await deliver_all(client, count)
+            finally:
+                proxy.stop()
+    rows.append(f"| {kind} | {connections} | {count:,} | {intake:,.0f} | {rate:,.0f} | "
+                f"{ceiling:,.0f} | {rate / ceiling:.0%} |")
+
+
+async def bench_latency(count: int) -> str:
+    with smtp_sink("aiosmtpd") as sink_port, tempfile.TemporaryDirectory() as tmp:
+        proxy = Proxy(Path(tmp), 4)
+        try:
+            async with proxy.client() as client:
+                await setup_account(client, sink_port, 4)
+                await single_enqueue_latency(client, 200, "warm")
+                p50, p99 = await single_enqueue_latency(client, count, "one")
+        finally:
+            proxy.stop()
+    return f"| single enqueue, sending active | {count:,} | {p50:.2f} ms | {p99:.2f} ms |"
+
+
+async def bench_scale(total: int, connections: int) -> list[str]:
+    """``total`` messages through smtp-sink: throughput per tenth, latency on a full table,
+    peak memory."""
+    with smtp_sink("smtp-sink") as sink_port, tempfile.TemporaryDirectory() as tmp:
+        proxy = Proxy(Path(tmp), connections)
+        try:
+            async with proxy.client() as client:
+                await setup_account(client, sink_port, connections)
+                await call(client, "POST", "/commands/suspend")
+                intake = await enqueue(client, total)
+                rate, segments = await deliver_all(client, total, sample_every=total // 10)
+                p50, p99 = await single_enqueue_latency(client, 1000, "after")
+                rss = proxy.peak_rss_mb()
+        finally:
+            proxy.stop()
+    tenths = " / ".join(f"{s:,.0f}" for s in segments)
+    return [
+        f"- {total:,} messages: intake {intake:,.0f} msg/s; delivery {rate:,.0f} msg/s overall",
+        f"- delivery rate per tenth of the run (msg/s): {tenths}",
+        f"- single enqueue with {total:,} rows in the table: p50 {p50:.2f} ms, "
+        f"p99 {p99:.2f} ms",
+        f"- peak RSS of the proxy process: {rss:.0f} MB",
+    ]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--connections", type=int, default=8)
+    args = parser.parse_args()
+    count, scale, latency = (2000, 10_000, 300) if args.quick else (20_000, 100_000, 2000)
+
+    print(f"Machine: {platform.platform()}, {os.cpu_count()} cores, Python "
+          f"{platform.python_version()}\n")
+    print(f"| single enqueue | requests | p50 | p99 |\n|---|---|---|---|\n"
+          f"{await bench_latency(latency)}\n")
+    rows = ["| sink | connections | messages | batch intake msg/s | end-to-end msg/s "
+            "| raw aiosmtplib msg/s | proxy / raw |", "|---|---|---|---|---|---|---|"]
+    sinks = ["aiosmtpd"] + (["smtp-sink"] if shutil.which("smtp-sink") else [])
+    for kind in sinks:
+        await bench_sink(kind, args.connections, count, rows)
+    print("\n".join(rows) + "\n")
+    if "smtp-sink" in sinks:
+        print("\n".join(await bench_scale(scale, args.connections)))
+    else:
+        print("smtp-sink not found (apt-get install postfix): scale run skipped")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

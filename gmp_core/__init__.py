@@ -1,0 +1,78 @@
+"""genro-mail-proxy's core. Plugin authors import only from here::
+
+    from gmp_core import hookimpl, SendResult
+
+    @hookimpl
+    def gmp_register_transports(register, service):
+        register("maildir", MaildirTransport(service.config.section("maildir")))
+"""
+
+import pluggy
+
+from gmp_core.config import Config, ConfigError, Settings, setting
+from gmp_core.intake import InvalidInput
+from gmp_core.interfaces import (
+    AttachmentError,
+    RateDecision,
+    RateLimitPolicy,
+    Reporter,
+    Transport,
+    VolumeBackend,
+)
+from gmp_core.models import (
+    Account,
+    Attachment,
+    Event,
+    Message,
+    Outcome,
+    OutgoingMessage,
+    Principal,
+    SendResult,
+    State,
+    TlsMode,
+)
+from gmp_core.service import AccountBusy, NotFound, Service
+from gmp_core.store import (
+    AccountDeletion,
+    Claim,
+    DeleteResult,
+    EnqueueResult,
+    MessageRecord,
+    Store,
+)
+
+hookimpl = pluggy.HookimplMarker("gmp")
+
+__all__ = [
+    "Account",
+    "AccountBusy",
+    "AccountDeletion",
+    "Attachment",
+    "AttachmentError",
+    "Claim",
+    "Config",
+    "ConfigError",
+    "DeleteResult",
+    "EnqueueResult",
+    "Event",
+    "InvalidInput",
+    "Message",
+    "MessageRecord",
+    "NotFound",
+    "Outcome",
+    "OutgoingMessage",
+    "Principal",
+    "RateDecision",
+    "RateLimitPolicy",
+    "Reporter",
+    "SendResult",
+    "Service",
+    "Settings",
+    "State",
+    "Store",
+    "TlsMode",
+    "Transport",
+    "VolumeBackend",
+    "hookimpl",
+    "setting",
+]

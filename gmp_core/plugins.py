@@ -1,0 +1,95 @@
+"""The plugin manager: a fresh one per service, never a module global.
+
+Order: block what ``[plugins] disable`` names (a blocked entry point is never imported), load
+the entry points of group ``gmp`` (bundled plugins are found there too, exactly like a third
+party's), register any extra plugin objects the caller passes, then ``check_pending()`` so a
+misspelt hook name fails loudly instead of never being called.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from gmp_core import hookspecs
+
+ENTRY_POINT_GROUP = "gmp"
+BUNDLED_DISTRIBUTION = "genro-mail-proxy"
+
+
+def make_plugin_manager(
+    disabled: Iterable[str] = (),
+    *,
+    load_entrypoints: bool = True,
+    extra_plugins: Iterable[object] = (),
+) -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("gmp")
+    pm.add_hookspecs(hookspecs)
+    for name in disabled:
+        pm.set_blocked(name)
+    if load_entrypoints:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    for plugin in extra_plugins:
+        name = getattr(plugin, "__name__", None) or type(plugin).__name__
+        if not pm.is_blocked(name):
+            pm.register(plugin, name=name)
+    pm.check_pending()
+    return pm
+
+
+async def await_me_maybe(value: Any) -> Any:
+    """Notification hooks may return a value, an awaitable, or nothing."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+async def call_each(hook: pluggy.HookCaller, **kwargs: Any) -> None:
+    """Call a notification hook one implementation at a time (pluggy's order: last registered
+    first), awaiting each result. The first exception propagates; later plugins are not
+    called, and no coroutine is left un-awaited."""
+    for impl in reversed(hook.get_hookimpls()):
+        await await_me_maybe(impl.function(*(kwargs[name] for name in impl.argnames)))
+
+
+async def notify_each(hook: pluggy.HookCaller, log: logging.Logger, **kwargs: Any) -> None:
+    """Like :func:`call_each`, but a failing plugin is logged with its name and never keeps
+    the others from hearing."""
+    for impl in reversed(hook.get_hookimpls()):
+        try:
+            await await_me_maybe(impl.function(*(kwargs[name] for name in impl.argnames)))
+        except Exception:
+            log.exception("plugin %r failed in %s", impl.plugin_name, hook.name)
+
+
+@dataclass(slots=True)
+class PluginInfo:
+    name: str
+    version: str | None
+    source: str  # "bundled", "installed" or "registered"
+    hooks: list[str]
+    enabled: bool
+
+
+def describe_plugins(pm: pluggy.PluginManager) -> list[PluginInfo]:
+    """Every plugin the manager knows, blocked ones included, for ``gmp plugins``."""
+    distributions = {plugin: dist for plugin, dist in pm.list_plugin_distinfo()}
+    infos = []
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:  # blocked by [plugins] disable
+            infos.append(PluginInfo(name, None, "disabled", [], enabled=False))
+            continue
+        dist = distributions.get(plugin)
+        if dist is None:
+            source, version = "registered", None
+        else:
+            source = "bundled" if dist.project_name == BUNDLED_DISTRIBUTION else "installed"
+            version = dist.version
+        hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or ())
+        infos.append(PluginInfo(name, version, source, hooks, enabled=True))
+    return sorted(infos, key=lambda info: info.name)

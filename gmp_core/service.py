@@ -1,0 +1,351 @@
+"""The service: wires plugins together, runs the loops, and offers the operations the API
+exposes (the REST plugin is a thin HTTP layer over the public methods of :class:`Service`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pluggy
+
+from gmp_core.config import Config, ConfigError
+from gmp_core.dispatcher import Dispatcher
+from gmp_core.intake import InvalidInput, parse_account, parse_message, parse_priority
+from gmp_core.interfaces import RateLimitPolicy, Reporter, Transport, VolumeBackend
+from gmp_core.models import IMMEDIATE, Account, Event, Message, Principal
+from gmp_core.plugins import call_each, make_plugin_manager, notify_each
+from gmp_core.store import DeleteResult, MessageRecord, Store
+
+log = logging.getLogger("gmp.service")
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Rejection:
+    id: str | None
+    reason: str
+
+
+@dataclass(slots=True)
+class AddResult:
+    queued: int
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+class AccountBusy(Exception):
+    """The account still has unsent messages (delete with ``force`` to end them)."""
+
+    def __init__(self, unsent: int) -> None:
+        super().__init__(f"account has {unsent} unsent messages; use force=true to delete "
+                         "it anyway (they end as error 'account deleted')")
+        self.unsent = unsent
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Service:
+    """One proxy instance. Build it, ``await start()``, ``await stop()``.
+
+    ``plugins`` are extra plugin objects registered for this instance only (tests, embedding);
+    ``load_entrypoints=False`` skips installed plugins altogether.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        plugins: Iterable[object] = (),
+        load_entrypoints: bool = True,
+    ) -> None:
+        self.config = config
+        self.pm: pluggy.PluginManager = make_plugin_manager(
+            config.disabled_plugins, load_entrypoints=load_entrypoints, extra_plugins=plugins)
+        self.pm.hook.gmp_register_settings(register=config.register)
+        self.state: dict[str, Any] = {}  # per-instance state of plugins, by plugin name
+        self.transports: dict[str, Transport] = {}
+        self.volumes: dict[str, VolumeBackend] = {}
+        self.rate_limit_policies: dict[str, RateLimitPolicy] = {}
+        self.reporters: dict[str, Reporter] = {}
+        self.active = True
+        self.started_at: float | None = None
+        self._store: Store | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._accounts: AccountDirectory | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise RuntimeError("the service is not started")
+        return self._store
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        if self._dispatcher is None:
+            raise RuntimeError("the service is not started")
+        return self._dispatcher
+
+    @property
+    def accounts(self) -> AccountDirectory:
+        if self._accounts is None:
+            raise RuntimeError("the service is not started")
+        return self._accounts
+
+    async def start(self) -> None:
+        """Open the store, collect plugin objects, run ``gmp_startup``, start dispatching."""
+        store = self.pm.hook.gmp_make_store(config=self.config)
+        if store is None:
+            raise ConfigError("no enabled plugin provides a store (is 'sql' disabled?)")
+        await store.open()
+        self._store = store
+        self._accounts = AccountDirectory(store)
+        hook = self.pm.hook
+        hook.gmp_register_transports(register=_registrar(self.transports, "transport"),
+                                     service=self)
+        hook.gmp_register_volume_backends(register=_registrar(self.volumes, "volume"),
+                                          service=self)
+        hook.gmp_register_rate_limit_policies(
+            register=_registrar(self.rate_limit_policies, "rate-limit policy"), service=self)
+        hook.gmp_register_reporters(register=_registrar(self.reporters, "reporter"),
+                                    service=self)
+        self.active = await store.get_flag("active") != "false"
+        self._dispatcher = Dispatcher(self)
+        try:
+            await call_each(hook.gmp_startup, service=self)
+        except BaseException:
+            # Let plugins that did start (a listening HTTP server, say) release what they took.
+            await notify_each(hook.gmp_shutdown, log, service=self)
+            await self._close_plugins()
+            raise
+        self._dispatcher.start()
+        self.started_at = time.time()
+        log.info("genro-mail-proxy started (worker %s, sending %s)", self._dispatcher.worker,
+                 "active" if self.active else "suspended")
+
+    async def stop(self) -> None:
+        """Graceful stop: no new claims, sends in flight finish (bounded by
+        ``shutdown_timeout``), outcomes written, plugins shut down, connections closed."""
+        if self._dispatcher is not None and self.started_at is not None:
+            await self._dispatcher.stop(self.config.service.shutdown_timeout)
+        await notify_each(self.pm.hook.gmp_shutdown, log, service=self)
+        await self._close_plugins()
+        log.info("genro-mail-proxy stopped")
+
+    async def _close_plugins(self) -> None:
+        for name, transport in self.transports.items():
+            try:
+                await transport.close()
+            except Exception:
+                log.exception("closing transport %r failed", name)
+        if self._store is not None:
+            await self._store.close()
+
+    async def notify_events(self, events: Iterable[Event]) -> None:
+        """Tell ``gmp_event`` observers; their failures are logged, never raised."""
+        hook = self.pm.hook.gmp_event
+        if hook.get_hookimpls():
+            for event in events:
+                await notify_each(hook, log, event=event)
+
+    # ------------------------------------------------------------------ health
+
+    def health_problems(self) -> list[str]:
+        """Empty when healthy; else what is wrong (a background loop died)."""
+        if self._dispatcher is None:
+            return ["not started"]
+        return [f"background task {name} has stopped" for name in self._dispatcher.dead_tasks]
+
+    async def status(self) -> dict[str, Any]:
+        dispatcher = self.dispatcher
+        return {
+            "active": self.active,
+            "queue": await self.store.queue_counts(),
+            "in_hand": dispatcher.in_hand,
+            "heartbeats": {"dispatcher": dispatcher.heartbeat,
+                           "recorder": dispatcher._recorder.heartbeat},
+            "started_at": self.started_at,
+            "worker": dispatcher.worker,
+        }
+
+    def authenticate(self, headers: Mapping[str, str]) -> Principal | None:
+        """Who is calling, as the auth plugins say; None refuses the request. Plugins get
+        the header names lower-cased."""
+        lowered = {name.lower(): value for name, value in headers.items()}
+        principal: Principal | None = self.pm.hook.gmp_authenticate(
+            headers=lowered, config=self.config)
+        return principal
+
+    # ------------------------------------------------------------------ messages
+
+    async def add_messages(self, items: Any, default_priority: Any = None) -> AddResult:
+        """Validate and queue a batch. Each bad message is rejected alone, with a reason;
+        raises :class:`InvalidInput` only when the batch itself is unusable."""
+        settings = self.config.service
+        if not isinstance(items, list):
+            raise InvalidInput("messages must be a list")
+        if len(items) > settings.max_messages_per_call:
+            raise InvalidInput(f"Cannot enqueue more than {settings.max_messages_per_call} "
+                               "messages at once")
+        try:
+            batch_priority = parse_priority(default_priority)
+        except InvalidInput as exc:
+            raise InvalidInput(str(exc).replace("priority", "default_priority", 1)) from None
+        priority = settings.default_priority if batch_priority is None else batch_priority
+
+        rejected: list[Rejection] = []
+        parsed: dict[str, Message] = {}  # by id: a later copy in the batch replaces an earlier
+        for item in items:
+            try:
+                message = parse_message(item, default_priority=priority,
+                                        default_account=settings.default_account,
+                                        message_id_domain=settings.message_id_domain)
+                self._check_volumes(message)
+            except InvalidInput as exc:
+                rejected.append(Rejection(_item_id(item), str(exc)))
+                continue
+            parsed.pop(message.id, None)
+            parsed[message.id] = message
+
+        accounts = await self.accounts.get_many({m.account_id for m in parsed.values()})
+        valid = []
+        for message in parsed.values():
+            if message.account_id in accounts:
+                valid.append(message)
+            else:
+                rejected.append(Rejection(message.id, "account not found"))
+
+        now = time.time()
+        events = [Event("queued", m.id, m.account_id, now, data={"priority": m.priority})
+                  for m in valid]
+        result = await self.store.enqueue(valid, events, now, settings.idempotency_window_seconds)
+        rejected.extend(Rejection(id_, reason) for id_, reason in result.refused.items())
+        if result.queued:
+            urgent = any(m.priority == IMMEDIATE for m in valid if m.id not in result.refused)
+            self.dispatcher.wake(urgent=urgent)
+        queued = set(result.queued)
+        await self.notify_events(e for e in events if e.message_id in queued)
+        await self.notify_events(Event("rejected", r.id or "", None, now, detail=r.reason)
+                                 for r in rejected)
+        return AddResult(queued=len(result.queued), rejected=rejected)
+
+    def _check_volumes(self, message: Message) -> None:
+        for attachment in message.attachments:
+            volume = self.volumes.get(attachment.volume)
+            if volume is None:
+                raise InvalidInput(f"unknown volume in storage_path: {attachment.volume}")
+            if not volume.accepts(message.account_id):
+                raise InvalidInput("volume not allowed for this account: "
+                                   f"{attachment.storage_path[:200]}")
+
+    async def list_messages(self, *, status: str | None = None, account_id: str | None = None,
+                            limit: int = 100, cursor: int | None = None,
+                            ) -> tuple[list[MessageRecord], int | None]:
+        return await self.store.list_messages(status=status, account_id=account_id,
+                                              limit=limit, cursor=cursor)
+
+    async def get_message(self, message_id: str) -> tuple[MessageRecord, list[Event]]:
+        found = await self.store.get_message(message_id)
+        if found is None:
+            raise NotFound(f"message {message_id!r} not found")
+        return found
+
+    async def delete_messages(self, ids: Sequence[str]) -> DeleteResult:
+        return await self.store.delete_messages(list(dict.fromkeys(ids)))
+
+    async def cleanup_messages(self, older_than_seconds: float | None = None) -> int:
+        settings = self.config.service
+        age = settings.delivery_report_retention_seconds if older_than_seconds is None \
+            else max(0.0, older_than_seconds)
+        now = time.time()
+        return await self.store.cleanup(now - age, now, settings.idempotency_window_seconds)
+
+    # ------------------------------------------------------------------ control
+
+    def run_now(self) -> None:
+        """Wake the dispatcher (and, once there are any, the reporters) at once."""
+        self.dispatcher.wake(urgent=True)
+
+    async def set_active(self, active: bool) -> bool:
+        """Suspend or resume sending; persisted across restarts."""
+        await self.store.set_flag("active", "true" if active else "false")
+        self.active = active
+        if active:
+            self.dispatcher.wake()
+        return active
+
+    # ------------------------------------------------------------------ accounts
+
+    async def put_account(self, payload: Any) -> Account:
+        account = parse_account(payload)
+        await self.store.put_account(account, time.time())
+        await self._forget_account(account.id)
+        return account
+
+    async def list_accounts(self) -> list[Account]:
+        return await self.store.list_accounts()
+
+    async def delete_account(self, account_id: str, *, force: bool = False) -> None:
+        """Refused while the account has unsent messages, unless ``force``: then they end as
+        ``error`` "account deleted" (and are reported like any other failure)."""
+        deletion = await self.store.delete_account(account_id, force=force, now=time.time())
+        if not deletion.found:
+            raise NotFound(f"account {account_id!r} not found")
+        if not deletion.deleted:
+            raise AccountBusy(deletion.unsent)
+        await self._forget_account(account_id)
+        await self.notify_events(deletion.events)
+
+    async def _forget_account(self, account_id: str) -> None:
+        self.accounts.forget(account_id)
+        for transport in self.transports.values():
+            await transport.forget_account(account_id)
+
+
+class AccountDirectory:
+    """Accounts by id, cached for a few seconds: one store query per batch, and changes made
+    by other processes sharing the store show up quickly."""
+
+    def __init__(self, store: Store, max_age: float = 5.0) -> None:
+        self.store = store
+        self.max_age = max_age
+        self._cache: dict[str, tuple[float, Account]] = {}
+
+    async def get_many(self, ids: Iterable[str]) -> dict[str, Account]:
+        now = time.monotonic()
+        found = {}
+        missing = []
+        for account_id in ids:
+            cached = self._cache.get(account_id)
+            if cached is not None and now - cached[0] < self.max_age:
+                found[account_id] = cached[1]
+            else:
+                missing.append(account_id)
+        if missing:
+            for account_id, account in (await self.store.get_accounts(missing)).items():
+                self._cache[account_id] = (now, account)
+                found[account_id] = account
+        return found
+
+    def forget(self, account_id: str) -> None:
+        self._cache.pop(account_id, None)
+
+
+def _registrar(registry: dict[str, T], kind: str) -> Callable[[str, T], None]:
+    def register(name: str, obj: T) -> None:
+        if name in registry:
+            raise ConfigError(f"two plugins register a {kind} named {name!r}")
+        registry[name] = obj
+    return register
+
+
+def _item_id(item: Any) -> str | None:
+    value = item.get("id") if isinstance(item, dict) else None
+    return str(value) if value is not None else None

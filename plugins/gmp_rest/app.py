@@ -1,0 +1,402 @@
+"""The Quart application: a thin HTTP layer over the public methods of :class:`Service`.
+
+``create_app(service)`` builds one app per service (no module state). Every answer is JSON
+with ``ok``; failures add ``error``. Authentication runs once, in ``before_request``, for every
+endpoint but the open ones (``/health``, ``/openapi.json``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, TypeVar, cast
+
+from pydantic import BaseModel, ValidationError
+from quart import Quart, Request, current_app, g, request
+from quart.typing import ResponseReturnValue
+from quart_schema import (
+    QuartSchema,
+    RequestSchemaValidationError,
+    document_querystring,
+    document_request,
+    document_response,
+    security_scheme,
+)
+from quart_schema.validation import QuerystringValidationError
+from werkzeug.exceptions import BadRequest, HTTPException, MethodNotAllowed, RequestEntityTooLarge
+
+from gmp_core import (
+    AccountBusy,
+    Attachment,
+    Event,
+    InvalidInput,
+    Message,
+    MessageRecord,
+    NotFound,
+    Service,
+)
+from gmp_core.models import format_address
+from gmp_rest import schemas as s
+
+log = logging.getLogger("gmp.rest")
+
+M = TypeVar("M", bound=BaseModel)
+
+API_KEY_HEADER = "X-API-Token"
+OPEN_ENDPOINTS = frozenset({"health", "openapi"})
+UNAUTHORIZED = "Invalid or missing API token"
+HTTP_ERRORS = {404: "not found", 405: "method not allowed"}
+
+
+def create_app(service: Service) -> Quart:
+    """The REST API of ``service``, configured from its ``[rest]`` settings."""
+    settings = service.config.section("rest")
+    app = Quart("gmp_rest")
+    app.request_class = JsonRequest
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions["gmp_service"] = service
+    QuartSchema(
+        app,
+        openapi_path="/openapi.json",
+        swagger_ui_path=None,  # the UIs load JavaScript from public CDNs: not offline-safe
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        info={"title": "genro-mail-proxy", "version": _version()},
+        security_schemes={"token": {"type": "apiKey", "in_": "header", "name": API_KEY_HEADER}},
+        security=[{"token": []}],
+    )
+    app.before_request(authenticate)
+    app.register_error_handler(RequestSchemaValidationError, schema_error)
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(Exception, internal_error)
+    for rule, view, methods in ROUTES:
+        app.add_url_rule(rule, view.__name__, view, methods=methods)
+    return app
+
+
+class JsonRequest(Request):
+    """Bodies are JSON whatever the Content-Type says; bad JSON is a 400 that says why."""
+
+    async def get_json(self, force: bool = True, silent: bool = False,
+                       cache: bool = True) -> Any:
+        try:
+            return await super().get_json(force=force, silent=silent, cache=cache)
+        except UnicodeDecodeError as exc:
+            raise BadRequest(f"invalid JSON body: not UTF-8 (byte {exc.start})") from None
+
+    def on_json_loading_failed(self, error: Exception) -> Any:
+        raise BadRequest(f"invalid JSON body: {error}")
+
+
+# ---------------------------------------------------------------- plumbing
+
+def _service() -> Service:
+    service: Service = current_app.extensions["gmp_service"]
+    return service
+
+
+def failure(status: int, error: str) -> tuple[dict[str, Any], int]:
+    return {"ok": False, "error": error}, status
+
+
+async def authenticate() -> ResponseReturnValue | None:
+    """``before_request``: refuse unauthenticated calls and oversized bodies early."""
+    if request.endpoint in OPEN_ENDPOINTS:
+        return None
+    # werkzeug's Headers: a case-insensitive mapping, as auth plugins expect
+    principal = _service().authenticate(cast(Mapping[str, str], request.headers))
+    if principal is None:
+        return failure(401, UNAUTHORIZED)
+    g.principal = principal
+    limit = request.max_content_length
+    if limit is not None and (request.content_length or 0) > limit:
+        raise RequestEntityTooLarge()  # answered before a byte of the body is read
+    return None
+
+
+async def read_json() -> Any:
+    """The JSON body; an empty body counts as ``{}``."""
+    raw = await request.get_data(as_text=False)
+    return await request.get_json() if raw.strip() else {}
+
+
+async def read_body(model: type[M]) -> M:
+    """The JSON body validated against ``model``."""
+    data = await read_json()
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RequestSchemaValidationError(exc) from None
+
+
+def parse_query(model: type[M]) -> M:
+    """The query string validated against ``model``; empty values count as absent."""
+    args = {key: value for key, value in request.args.items() if value != ""}
+    try:
+        return model.model_validate(args)
+    except ValidationError as exc:
+        raise QuerystringValidationError(exc) from None
+
+
+def describe_validation(error: Exception, where: str) -> str:
+    """'missing ids', 'invalid status: Input should be ...': the first problem, field named."""
+    if not isinstance(error, ValidationError):
+        return f"invalid {where}"
+    first = error.errors(include_url=False, include_input=False)[0]
+    field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}"
+                    for part in first["loc"]).lstrip(".")
+    if not field:
+        return f"invalid {where}: expected a JSON object"
+    if first["type"] == "missing":
+        return f"missing {field}"
+    return f"invalid {field}: {first['msg']}"
+
+
+async def schema_error(exc: RequestSchemaValidationError) -> ResponseReturnValue:
+    where = "query string" if isinstance(exc, QuerystringValidationError) else "body"
+    return failure(422, describe_validation(exc.validation_error, where))
+
+
+async def http_error(exc: HTTPException) -> ResponseReturnValue:
+    code = exc.code or 500
+    if isinstance(exc, RequestEntityTooLarge):
+        message = f"request body too large (limit {request.max_content_length} bytes)"
+    else:
+        message = HTTP_ERRORS.get(code) or exc.description or exc.name
+    body, status = failure(code, message)
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        return body, status, {"Allow": ", ".join(exc.valid_methods)}
+    return body, status
+
+
+async def internal_error(exc: Exception) -> ResponseReturnValue:
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return failure(500, "internal error")
+
+
+# ---------------------------------------------------------------- formatting
+
+def _ts(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _iso(value: float) -> str:
+    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def record_out(record: MessageRecord) -> dict[str, Any]:
+    """A record as ``GET /messages`` lists it: original field names, no payload."""
+    return {
+        "id": record.id,
+        "account_id": record.account_id,
+        "priority": record.priority,
+        "status": record.status,
+        "deferred_ts": _ts(record.deferred_ts),
+        "sent_ts": _ts(record.sent_ts),
+        "error_ts": _ts(record.error_ts),
+        "error": record.error,
+        "reported_ts": _ts(record.reported_ts),
+        "attempts": record.attempts,
+        "created_at": _iso(record.created_at),
+        "updated_at": _iso(record.updated_at),
+    }
+
+
+def message_out(record: MessageRecord) -> dict[str, Any]:
+    """One message in detail: addresses and headers, but neither texts nor attachment data."""
+    if record.payload is None:
+        return record_out(record)
+    message = Message.from_payload(record.payload, id=record.id, account_id=record.account_id,
+                                   priority=record.priority, deferred_ts=record.deferred_ts)
+    return {
+        **record_out(record),
+        "from": format_address(message.sender),
+        "to": [format_address(a) for a in message.to],
+        "cc": [format_address(a) for a in message.cc],
+        "bcc": [format_address(a) for a in message.bcc],
+        "reply_to": format_address(message.reply_to) if message.reply_to else None,
+        "return_path": message.return_path,
+        "subject": message.subject,
+        "content_type": message.content_type,
+        "message_id": message.message_id,
+        "headers": message.headers,
+        "attachments": [attachment_out(a) for a in message.attachments],
+        "body_size": len(message.body.encode()) + len((message.html or "").encode()),
+    }
+
+
+def attachment_out(attachment: Attachment) -> dict[str, Any]:
+    return {"filename": attachment.filename,
+            "storage_path": shorten_storage_path(attachment.storage_path),
+            "mime_type": attachment.mime_type}
+
+
+def shorten_storage_path(path: str, keep: int = 80) -> str:
+    """Never echo inline data (``base64:``) nor a query string; cut long paths."""
+    volume, _, subpath = path.partition(":")
+    if volume == "base64":
+        return "base64:…"
+    subpath, has_query, _ = subpath.partition("?")
+    if has_query or len(subpath) > keep:
+        subpath = subpath[:keep] + "…"
+    return f"{volume}:{subpath}"
+
+
+def event_out(event: Event) -> dict[str, Any]:
+    return {"kind": event.kind, "ts": event.ts, "code": event.code, "detail": event.detail,
+            "data": event.data}
+
+
+# ---------------------------------------------------------------- routes
+
+@security_scheme([])
+@document_response(s.Ok)
+@document_response(s.Failure, 503)
+async def health() -> ResponseReturnValue:
+    """Liveness: 503 when a background loop has died."""
+    problems = _service().health_problems()
+    if problems:
+        return failure(503, "; ".join(problems))
+    return {"ok": True}
+
+
+@document_response(s.StatusAnswer)
+async def status() -> ResponseReturnValue:
+    """Whether sending is active, queue counts by state, loop heartbeats."""
+    return {"ok": True, **await _service().status()}
+
+
+@document_request(s.AddMessagesRequest)
+@document_response(s.AddMessagesAnswer)
+@document_response(s.Failure, 400)
+async def add_messages() -> ResponseReturnValue:
+    """Queue a batch; each bad message is rejected alone, with a reason."""
+    body = await read_body(s.AddMessagesBody)
+    try:
+        result = await _service().add_messages(body.messages, body.default_priority)
+    except InvalidInput as exc:
+        return failure(400, str(exc))
+    rejected = [{"id": r.id, "reason": r.reason} for r in result.rejected]
+    return {"ok": True, "queued": result.queued, "rejected": rejected}
+
+
+@document_response(s.Ok)
+async def run_now() -> ResponseReturnValue:
+    """Wake the dispatcher (and the reporters) at once."""
+    _service().run_now()
+    return {"ok": True}
+
+
+@document_response(s.ActiveAnswer)
+async def suspend() -> ResponseReturnValue:
+    """Stop sending (persisted); messages are still accepted."""
+    return {"ok": True, "active": await _service().set_active(False)}
+
+
+@document_response(s.ActiveAnswer)
+async def activate() -> ResponseReturnValue:
+    """Resume sending."""
+    return {"ok": True, "active": await _service().set_active(True)}
+
+
+@document_request(s.DeleteMessagesBody)
+@document_response(s.DeleteMessagesAnswer)
+async def delete_messages() -> ResponseReturnValue:
+    """Delete messages by id; one being sent right now is skipped."""
+    body = await read_body(s.DeleteMessagesBody)
+    result = await _service().delete_messages(body.ids)
+    skipped = [{"id": id_, "reason": "in flight"} for id_ in result.in_flight]
+    return {"ok": True, "removed": len(result.removed), "not_found": result.not_found,
+            "skipped": skipped}
+
+
+@document_request(s.CleanupBody)
+@document_response(s.CleanupAnswer)
+async def cleanup_messages() -> ResponseReturnValue:
+    """Remove reported final messages older than ``older_than_seconds``."""
+    body = await read_body(s.CleanupBody)
+    return {"ok": True, "removed": await _service().cleanup_messages(body.older_than_seconds)}
+
+
+@document_querystring(s.ListMessagesQuery)
+@document_response(s.MessagesAnswer)
+async def list_messages() -> ResponseReturnValue:
+    """A page of messages in arrival order; pass ``next_cursor`` back as ``cursor``."""
+    query = parse_query(s.ListMessagesQuery)
+    records, next_cursor = await _service().list_messages(
+        status=query.status, account_id=query.account_id, limit=query.limit,
+        cursor=query.cursor)
+    return {"ok": True, "messages": [record_out(r) for r in records], "next_cursor": next_cursor}
+
+
+@document_response(s.MessageAnswer)
+@document_response(s.Failure, 404)
+async def get_message(message_id: str) -> ResponseReturnValue:
+    """One message with its event history."""
+    try:
+        record, events = await _service().get_message(message_id)
+    except NotFound:
+        return failure(404, "message not found")
+    return {"ok": True, "message": message_out(record), "events": [event_out(e) for e in events]}
+
+
+@document_request(s.AccountRequest)
+@document_response(s.Ok)
+@document_response(s.Failure, 422)
+async def put_account() -> ResponseReturnValue:
+    """Create or replace an account."""
+    try:
+        await _service().put_account(await read_json())
+    except InvalidInput as exc:
+        return failure(422, str(exc))
+    return {"ok": True}
+
+
+@document_response(s.AccountsAnswer)
+async def list_accounts() -> ResponseReturnValue:
+    """Every account; passwords are never returned."""
+    return {"ok": True, "accounts": [a.public() for a in await _service().list_accounts()]}
+
+
+@document_querystring(s.DeleteAccountQuery)
+@document_response(s.Ok)
+@document_response(s.Failure, 404)
+@document_response(s.Failure, 409)
+async def delete_account(account_id: str) -> ResponseReturnValue:
+    """Delete an account; refused (409) while it has unsent messages unless ``force``."""
+    query = parse_query(s.DeleteAccountQuery)
+    try:
+        await _service().delete_account(account_id, force=query.force)
+    except NotFound:
+        return failure(404, "account not found")
+    except AccountBusy as exc:
+        return failure(409, str(exc))
+    return {"ok": True}
+
+
+View = Callable[..., Awaitable[ResponseReturnValue]]
+
+ROUTES: list[tuple[str, View, list[str]]] = [
+    ("/health", health, ["GET"]),
+    ("/status", status, ["GET"]),
+    ("/commands/add-messages", add_messages, ["POST"]),
+    ("/commands/run-now", run_now, ["POST"]),
+    ("/commands/suspend", suspend, ["POST"]),
+    ("/commands/activate", activate, ["POST"]),
+    ("/commands/delete-messages", delete_messages, ["POST"]),
+    ("/commands/cleanup-messages", cleanup_messages, ["POST"]),
+    ("/messages", list_messages, ["GET"]),
+    ("/messages/<path:message_id>", get_message, ["GET"]),
+    ("/account", put_account, ["POST"]),
+    ("/accounts", list_accounts, ["GET"]),
+    ("/account/<path:account_id>", delete_account, ["DELETE"]),
+]
+
+
+def _version() -> str:
+    try:
+        return version("genro-mail-proxy")
+    except PackageNotFoundError:
+        return "0"

@@ -1,0 +1,176 @@
+"""Bundled transport: SMTP through aiosmtplib, with a connection pool per account.
+
+One attempt is MAIL FROM, one RCPT TO per recipient (refusals are collected one by one, so a
+message refused for some recipients still goes to the others and the refusals are reported),
+then DATA. The core has built the bytes; this module only speaks SMTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+
+import aiosmtplib
+
+from gmp_core import (
+    Account,
+    OutgoingMessage,
+    SendResult,
+    Service,
+    Settings,
+    Transport,
+    hookimpl,
+    setting,
+)
+from gmp_smtp.errors import failure, is_temporary, keeps_connection
+from gmp_smtp.pool import ConnectionPool
+
+log = logging.getLogger("gmp.smtp")
+
+
+class SmtpSettings(Settings):
+    connect_timeout: float = setting(10.0, description="seconds to connect and greet")
+    command_timeout: float = setting(60.0, description="seconds for each SMTP command")
+    cert_bundle: str | None = setting(
+        None, description="CA bundle for verifying servers (default: the system's)")
+    local_hostname: str | None = setting(
+        None, description="name sent in EHLO (default: this host's FQDN)")
+    reap_interval: float = setting(15.0, description="how often idle connections are checked")
+
+
+class _StaleConnection(Exception):
+    """A reused connection turned out closed before the server accepted anything."""
+
+
+class SmtpTransport:
+    def __init__(self, settings: SmtpSettings) -> None:
+        self.settings = settings
+        self._pools: dict[str, ConnectionPool] = {}
+        self._tls_context = (ssl.create_default_context(cafile=settings.cert_bundle)
+                             if settings.cert_bundle else None)
+        self._local_hostname = settings.local_hostname
+        self._reaper: asyncio.Task[None] | None = None
+
+    def pool_sizes(self) -> dict[str, tuple[int, int]]:
+        """account id -> (connections open, connections in use)."""
+        return {key: (pool.open_connections, pool.in_use) for key, pool in self._pools.items()}
+
+    async def send(self, message: OutgoingMessage, account: Account) -> SendResult:
+        pool = await self._pool(account)
+        for _ in range(2):  # a second go only when a reused connection was found closed
+            try:
+                smtp, reused = await pool.acquire()
+            except Exception as exc:
+                return failure(exc)
+            reusable = True
+            try:
+                return await self._transaction(smtp, message, reused)
+            except _StaleConnection:
+                reusable = False
+            except Exception as exc:
+                reusable = keeps_connection(exc) and await _reset(smtp)
+                return failure(exc)
+            finally:
+                pool.release(smtp, reusable=reusable)
+        return SendResult.failed("connection closed by the server", temporary=True)
+
+    async def _transaction(self, smtp: aiosmtplib.SMTP, message: OutgoingMessage,
+                           reused: bool) -> SendResult:
+        assert message.data is not None
+        recipients = message.recipients
+        options = []
+        if not (message.sender + "".join(recipients)).isascii():
+            if smtp.is_ehlo_or_helo_needed:
+                await smtp.ehlo()  # extensions are known only after EHLO
+            if not smtp.supports_extension("smtputf8"):
+                return SendResult.failed("the server does not support SMTPUTF8, needed for "
+                                         "non-ASCII addresses", temporary=False)
+            options.append("SMTPUTF8")
+        try:
+            await smtp.mail(message.sender, options=options, encoding="utf-8")
+        except aiosmtplib.SMTPServerDisconnected:
+            if reused:
+                raise _StaleConnection from None
+            raise
+        refused: dict[str, aiosmtplib.SMTPRecipientRefused] = {}
+        for recipient in recipients:
+            try:
+                await smtp.rcpt(recipient, encoding="utf-8")
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                refused[recipient] = exc
+        if len(refused) == len(recipients):
+            await smtp.rset()
+            return _all_refused(refused)
+        response = await smtp.data(message.data)
+        return SendResult(accepted=True, code=response.code, detail=response.message,
+                          refused={r: f"{e.code} {e.message}" for r, e in refused.items()})
+
+    async def _pool(self, account: Account) -> ConnectionPool:
+        if self._local_hostname is None:
+            self._local_hostname = await asyncio.to_thread(socket.getfqdn)
+        # No await below: concurrent first sends must all find the same pool.
+        pool = self._pools.get(account.id)
+        if pool is None:
+            pool = self._pools[account.id] = ConnectionPool(
+                account, connect_timeout=self.settings.connect_timeout,
+                command_timeout=self.settings.command_timeout,
+                local_hostname=self._local_hostname, tls_context=self._tls_context)
+            if self._reaper is None:
+                self._reaper = asyncio.create_task(self._reap(), name="gmp-smtp-reaper")
+        pool.account = account  # the newest settings object (limits, ttl) of the same account
+        return pool
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reap_interval)
+            for pool in self._pools.values():
+                pool.reap()
+
+    async def forget_account(self, account_id: str) -> None:
+        """Host, credentials or TLS may have changed: the next send opens new connections."""
+        pool = self._pools.pop(account_id, None)
+        if pool is not None:
+            await pool.close()
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        pools, self._pools = list(self._pools.values()), {}
+        await asyncio.gather(*(pool.close() for pool in pools))
+
+
+def _all_refused(refused: dict[str, aiosmtplib.SMTPRecipientRefused]) -> SendResult:
+    """Nothing was accepted: temporary if any recipient may work later."""
+    temporary = any(is_temporary(e.code, e.message, at_rcpt=True) for e in refused.values())
+    first = next(iter(refused.values()))
+    detail = "all recipients refused: " + "; ".join(
+        f"{r}: {e.code} {e.message}" for r, e in refused.items())
+    result = SendResult.failed(detail, temporary=temporary, code=first.code)
+    result.refused = {r: f"{e.code} {e.message}" for r, e in refused.items()}
+    return result
+
+
+async def _reset(smtp: aiosmtplib.SMTP) -> bool:
+    """RSET after a refused command, so the connection can carry the next message."""
+    try:
+        await smtp.rset()
+    except Exception:
+        return False
+    return True
+
+
+@hookimpl
+def gmp_register_settings(register: Callable[[str, type[Settings]], None]) -> None:
+    register("smtp", SmtpSettings)
+
+
+@hookimpl
+def gmp_register_transports(register: Callable[[str, Transport], None],
+                            service: Service) -> None:
+    register("smtp", SmtpTransport(service.config.section("smtp")))

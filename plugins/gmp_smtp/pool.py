@@ -1,0 +1,120 @@
+"""A pool of SMTP connections for one account.
+
+One aiosmtplib ``SMTP`` object serialises its sends, so parallel delivery needs several
+connections: the pool opens up to ``max_connections``, hands out idle ones newest first, and
+closes those idle longer than the account's ``ttl``. A reused connection is not probed with
+NOOP (a round trip per message); if the server dropped it meanwhile, the sender notices at
+MAIL FROM and retries once on a fresh connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+
+import aiosmtplib
+
+from gmp_core import Account, TlsMode
+
+log = logging.getLogger("gmp.smtp")
+
+QUIT_TIMEOUT = 5.0
+
+
+class ConnectionPool:
+    def __init__(self, account: Account, *, connect_timeout: float, command_timeout: float,
+                 local_hostname: str, tls_context: ssl.SSLContext | None) -> None:
+        self.account = account
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.local_hostname = local_hostname
+        self.tls_context = tls_context
+        self.in_use = 0
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []  # (connection, last used)
+        self._slots = asyncio.Semaphore(account.max_connections)
+        self._closing: set[asyncio.Task[None]] = set()
+
+    @property
+    def open_connections(self) -> int:
+        return self.in_use + len(self._idle)
+
+    async def acquire(self) -> tuple[aiosmtplib.SMTP, bool]:
+        """A connection and whether it was reused. Waits while all are busy."""
+        await self._slots.acquire()
+        now = time.monotonic()
+        while self._idle:
+            smtp, last_used = self._idle.pop()
+            if smtp.is_connected and now - last_used < self.account.ttl:
+                self.in_use += 1
+                return smtp, True
+            self._close_later(smtp)
+        try:
+            smtp = await self._connect()
+        except BaseException:
+            self._slots.release()
+            raise
+        self.in_use += 1
+        return smtp, False
+
+    def release(self, smtp: aiosmtplib.SMTP, *, reusable: bool) -> None:
+        self.in_use -= 1
+        if reusable and smtp.is_connected:
+            self._idle.append((smtp, time.monotonic()))
+        else:
+            self._close_later(smtp)
+        self._slots.release()
+
+    def reap(self) -> None:
+        """Close connections idle longer than the account's ``ttl``."""
+        deadline = time.monotonic() - self.account.ttl
+        expired = [smtp for smtp, last_used in self._idle if last_used < deadline]
+        self._idle = [(smtp, used) for smtp, used in self._idle if used >= deadline]
+        for smtp in expired:
+            self._close_later(smtp)
+
+    async def close(self) -> None:
+        """QUIT every idle connection (sends have drained before this is called)."""
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(_quit(smtp) for smtp, _ in idle))
+        await asyncio.gather(*self._closing)
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        account = self.account
+        smtp = aiosmtplib.SMTP(
+            hostname=account.host,
+            port=account.port,
+            use_tls=account.tls == TlsMode.SSL,
+            # True means required: never fall back to plaintext (aiosmtplib's None would).
+            start_tls=account.tls == TlsMode.STARTTLS,
+            tls_context=self.tls_context,
+            timeout=self.command_timeout,
+            local_hostname=self.local_hostname,
+        )
+        await smtp.connect(timeout=self.connect_timeout)
+        try:
+            if account.user and account.password:
+                await smtp.login(account.user, account.password)
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
+
+    def _close_later(self, smtp: aiosmtplib.SMTP) -> None:
+        task = asyncio.create_task(_quit(smtp))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+
+async def _quit(smtp: aiosmtplib.SMTP) -> None:
+    if not smtp.is_connected:
+        return
+    try:
+        await smtp.quit(timeout=QUIT_TIMEOUT)
+    except Exception:
+        log.debug("QUIT failed; closing the socket", exc_info=True)
+    finally:
+        with contextlib.suppress(Exception):
+            smtp.close()

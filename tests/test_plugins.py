@@ -1,0 +1,176 @@
+"""The plugin system: hooks are documented, typos fail, plugins extend without core changes."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+import pluggy
+import pytest
+from click.testing import CliRunner
+
+from gmp_core import (
+    Account,
+    Config,
+    Event,
+    OutgoingMessage,
+    SendResult,
+    Service,
+    Transport,
+    hookimpl,
+    hookspecs,
+)
+from gmp_core.cli import cli
+from gmp_core.plugins import make_plugin_manager
+from gmp_core.testing import SmtpSink
+from tests.support import EventLog, ServiceFactory, account, base_tables, message
+
+
+def test_every_hook_is_documented() -> None:
+    hooks = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+             if name.startswith("gmp_")]
+    assert len(hooks) >= 12
+    for name in hooks:
+        doc = inspect.getdoc(getattr(hookspecs, name))
+        assert doc and len(doc) > 40, f"{name} needs a docstring"
+
+
+def test_misspelt_hook_fails_loudly() -> None:
+    class Typo:
+        @hookimpl
+        def gmp_register_transport(self, register: object) -> None:  # missing "s"
+            pass
+
+    with pytest.raises(pluggy.PluginValidationError, match="gmp_register_transport"):
+        make_plugin_manager(load_entrypoints=False, extra_plugins=[Typo()])
+
+
+class MemoryTransport:
+    """A third-party style transport: keeps messages in a list."""
+
+    def __init__(self) -> None:
+        self.sent: list[OutgoingMessage] = []
+
+    async def send(self, message: OutgoingMessage, account: Account) -> SendResult:
+        self.sent.append(message)
+        return SendResult.ok()
+
+    async def forget_account(self, account_id: str) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+class MemoryPlugin:
+    __name__ = "memory-transport"
+
+    def __init__(self) -> None:
+        self.transport = MemoryTransport()
+
+    @hookimpl
+    def gmp_register_transports(self, register: Callable[[str, Transport], None]) -> None:
+        register("memory", self.transport)
+
+    @hookimpl
+    def gmp_prepare_message(self, message: OutgoingMessage) -> None:
+        message.extra_headers["X-Prepared"] = f"attempt {message.attempt}"
+
+
+async def test_a_plugin_transport_and_prepare_hook(tmp_path: Path, events: EventLog) -> None:
+    plugin = MemoryPlugin()
+    service = Service(Config(base_tables(tmp_path), environ={}), plugins=[plugin, events])
+    await service.start()
+    try:
+        await service.put_account({"id": "mem", "host": "unused", "transport": "memory"})
+        await service.add_messages([message("m1", account_id="mem")])
+        await events.wait("sent", "m1")
+    finally:
+        await service.stop()
+    [sent] = plugin.transport.sent
+    assert sent.data is not None and b"X-Prepared: attempt 1" in sent.data
+
+
+class Exploding:
+    __name__ = "exploding"
+
+    @hookimpl
+    def gmp_event(self, event: Event) -> None:
+        raise RuntimeError("observer bug")
+
+
+async def test_a_failing_observer_never_stops_delivery(tmp_path: Path, sink: SmtpSink,
+                                                       events: EventLog) -> None:
+    service = Service(Config(base_tables(tmp_path), environ={}),
+                      plugins=[Exploding(), events])
+    await service.start()
+    try:
+        await service.put_account(account(sink))
+        await service.add_messages([message("m1")])
+        await sink.wait_for(1)
+        await events.wait("sent", "m1")
+    finally:
+        await service.stop()
+
+
+class BrokenTransport(MemoryTransport):
+    async def send(self, message: OutgoingMessage, account: Account) -> SendResult:
+        raise RuntimeError("transport bug")
+
+
+async def test_a_crashing_transport_retries_then_errors(make_service: ServiceFactory,
+                                                        events: EventLog) -> None:
+    class Plugin:
+        __name__ = "broken"
+
+        @hookimpl
+        def gmp_register_transports(self, register: Callable[[str, Transport], None]) -> None:
+            register("broken", BrokenTransport())
+
+    service = await make_service(plugins=[Plugin()], service={"retry_delays": [0.01]})
+    await service.put_account({"id": "x", "host": "h", "transport": "broken"})
+    await service.add_messages([message("m1", account_id="x")])
+    [error] = await events.wait("error", "m1")
+    assert events.kinds("m1") == ["queued", "deferred", "error"]
+    assert error.detail == "gave up after 2 attempts: internal error: RuntimeError: transport bug"
+
+
+async def test_unknown_transport_is_retried_not_lost(service: Service, events: EventLog) -> None:
+    await service.put_account({"id": "x", "host": "h", "transport": "carrier-pigeon"})
+    await service.add_messages([message("m1", account_id="x")])
+    [deferred] = await events.wait("deferred", "m1")
+    assert deferred.detail == "no transport named 'carrier-pigeon' is enabled"
+
+
+def test_plugins_can_add_commands() -> None:
+    class Commands:
+        @hookimpl
+        def gmp_register_commands(self, cli: click.Group) -> None:
+            @cli.command()
+            def hello() -> None:
+                click.echo("hello from a plugin")
+
+    group = click.Group(commands=dict(cli.commands))
+    make_plugin_manager(extra_plugins=[Commands()]).hook.gmp_register_commands(cli=group)
+    result = CliRunner().invoke(group, ["hello"])
+    assert result.output == "hello from a plugin\n"
+
+
+def test_gmp_plugins_lists_bundled_plugins() -> None:
+    result = CliRunner().invoke(cli, ["plugins"], env={"GMP_CONFIG": ""})
+    assert result.exit_code == 0
+    lines = {line.split()[0]: line.split() for line in result.output.splitlines()}
+    assert set(lines) >= {"sql", "smtp", "rest", "token_auth", "ratelimit"}
+    assert lines["smtp"][1:3] == ["enabled", "bundled"]
+    assert "gmp_register_transports" in result.output
+
+
+def test_every_hook_has_a_reference_section() -> None:
+    reference = (Path(__file__).parent.parent / "docs" / "plugins.md").read_text()
+    hooks = [name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction)
+             if name.startswith("gmp_")]
+    for name in hooks:
+        argnames = inspect.signature(getattr(hookspecs, name)).parameters
+        assert f"### {name}({', '.join(argnames)})" in reference, name
