@@ -33,7 +33,7 @@ def serve(config_path: str | None, log_level: str) -> None:
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Their DEBUG lines carry SQL parameters: message bodies, passwords.
-    for noisy in ("peewee", "aiosqlite", "asyncio"):
+    for noisy in ("peewee", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
     try:
         asyncio.run(_serve(_load(config_path)))

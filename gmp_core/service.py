@@ -132,9 +132,12 @@ class Service:
 
     async def stop(self) -> None:
         """Graceful stop: no new claims, sends in flight finish (bounded by
-        ``shutdown_timeout``), outcomes written, plugins shut down, connections closed."""
-        if self._dispatcher is not None and self.started_at is not None:
-            await self._dispatcher.stop(self.config.service.shutdown_timeout)
+        ``shutdown_timeout``), outcomes written, plugins shut down, connections closed.
+        Stopping a service that is not running does nothing."""
+        if self._dispatcher is None or self.started_at is None:
+            return
+        self.started_at = None
+        await self._dispatcher.stop(self.config.service.shutdown_timeout)
         await notify_each(self.pm.hook.gmp_shutdown, log, service=self)
         await self._close_plugins()
         log.info("genro-mail-proxy stopped")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from playhouse.pwasyncio import AsyncSqliteDatabase
+import peewee as pw
 
 from gmp_core import Config, ConfigError, Settings, hookimpl, setting
 from gmp_sql.store import SqlStore
@@ -21,7 +21,6 @@ __all__ = ["SqlSettings", "SqlStore"]
 class SqlSettings(Settings):
     url: str = setting("gmp.db", env="GMP_DB_PATH",
                        description="database: a SQLite file path, or sqlite:///path")
-    pool_size: int = setting(4, description="pooled connections")
     busy_timeout_ms: int = setting(10_000, description="SQLite: wait this long for the lock")
     synchronous: Literal["normal", "full"] = setting(
         "normal", description="SQLite: 'normal' survives a process crash (WAL); 'full' also "
@@ -44,10 +43,9 @@ def gmp_make_store(config: Config) -> SqlStore | None:
         file = Path(path).expanduser()
         file.parent.mkdir(parents=True, exist_ok=True)
         path = str(file)
-    return SqlStore(AsyncSqliteDatabase(
+    return SqlStore(pw.SqliteDatabase(
         path,
-        pool_size=settings.pool_size,
-        acquire_timeout=60,
+        check_same_thread=False,  # opened on the database thread, used only there
         pragmas={
             "journal_mode": "wal",
             "synchronous": settings.synchronous,

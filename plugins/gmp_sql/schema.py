@@ -27,7 +27,6 @@ class _MessageRow(_Table):
     account_id = pw.TextField()
     priority = pw.SmallIntegerField()
     state = pw.TextField()
-    payload = pw.TextField()  # JSON of Message.to_payload()
     attempts = pw.IntegerField(default=0)
     deferred_ts = pw.DoubleField(null=True)
     claimed_by = pw.TextField(null=True)
@@ -38,6 +37,14 @@ class _MessageRow(_Table):
     reported_ts = pw.DoubleField(null=True)
     created_at = pw.DoubleField()
     updated_at = pw.DoubleField()
+
+
+class _PayloadRow(_Table):
+    """What the message says (JSON of ``Message.to_payload()``), apart from its state: the
+    many state changes of a message then rewrite a small row, not its whole text."""
+
+    pk = pw.IntegerField(primary_key=True)  # the message's pk
+    payload = pw.TextField()
 
 
 class _EventRow(_Table):
@@ -101,6 +108,7 @@ class _SchemaRow(_Table):
 @dataclass(frozen=True)
 class Schema:
     Message: type[_MessageRow]
+    Payload: type[_PayloadRow]
     Event: type[_EventRow]
     SentId: type[_SentIdRow]
     SendSlot: type[_SendSlotRow]
@@ -110,8 +118,8 @@ class Schema:
 
     @property
     def models(self) -> list[type[pw.Model]]:
-        return [self.Message, self.Event, self.SentId, self.SendSlot, self.Account, self.Flag,
-                self.Version]
+        return [self.Message, self.Payload, self.Event, self.SentId, self.SendSlot,
+                self.Account, self.Flag, self.Version]
 
 
 def bind_schema(db: pw.Database) -> Schema:
@@ -121,6 +129,7 @@ def bind_schema(db: pw.Database) -> Schema:
 
     schema = Schema(
         Message=model(_MessageRow, "messages"),
+        Payload=model(_PayloadRow, "message_payloads"),
         Event=model(_EventRow, "message_events"),
         SentId=model(_SentIdRow, "sent_ids"),
         SendSlot=model(_SendSlotRow, "send_slots"),

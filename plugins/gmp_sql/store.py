@@ -1,9 +1,10 @@
-"""The store on peewee's asyncio layer (``playhouse.pwasyncio``), SQLite by default.
+"""The store on peewee, SQLite by default.
 
-Every public method is one transaction. Writes on SQLite take the lock up front
+Every public method is one transaction, written as plain synchronous peewee code and run on
+the database thread (``runner.py``). Writes on SQLite take the lock up front
 (``BEGIN IMMEDIATE``): a deferred transaction that reads and then writes fails at once with
-"database is locked" under concurrency, whatever the busy timeout. Hot paths (claim, record,
-enqueue, reserve) are single SQL statements over a whole batch.
+"database is locked" when another process writes, whatever the busy timeout. Hot paths
+(claim, record, enqueue, reserve) are single SQL statements over a whole batch.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
 import peewee as pw
-from playhouse.pwasyncio import AsyncSqliteDatabase
 
 from gmp_core import (
     Account,
@@ -31,6 +31,7 @@ from gmp_core import (
     State,
     TlsMode,
 )
+from gmp_sql.runner import DatabaseThread, on_db_thread
 from gmp_sql.schema import SCHEMA_VERSION, Schema, bind_schema
 
 ROWS_PER_STATEMENT = 400  # keeps every statement well under the bound-parameter limits
@@ -50,7 +51,7 @@ WITH candidates AS (
 )
 UPDATE messages SET state = 'sending', claimed_by = ?, lease_until = ?, updated_at = ?
 WHERE pk IN (SELECT pk FROM ranked WHERE nth <= cap ORDER BY priority, pk LIMIT ?)
-RETURNING pk, id, account_id, priority, payload, attempts, deferred_ts
+RETURNING pk, id, account_id, priority, attempts, deferred_ts
 """
 
 # Due again: schedules that came due, and leases that ran out (a dispatcher died).
@@ -74,94 +75,92 @@ RETURNING messages.id
 
 # Insert new ids; replace unsent ones in place (same pk: same queue position).
 _ENQUEUE_SQL = """
-INSERT INTO messages (id, account_id, priority, state, payload, attempts, deferred_ts,
+INSERT INTO messages (id, account_id, priority, state, attempts, deferred_ts,
                       created_at, updated_at)
 VALUES {rows}
 ON CONFLICT (id) DO UPDATE SET account_id = excluded.account_id,
-    priority = excluded.priority, state = excluded.state, payload = excluded.payload,
-    attempts = 0, deferred_ts = excluded.deferred_ts, claimed_by = NULL, lease_until = NULL,
+    priority = excluded.priority, state = excluded.state, attempts = 0,
+    deferred_ts = excluded.deferred_ts, claimed_by = NULL, lease_until = NULL,
     sent_ts = NULL, error_ts = NULL, error = NULL, reported_ts = NULL,
     updated_at = excluded.updated_at
 WHERE messages.state NOT IN ('sending', 'sent')
-RETURNING id
+RETURNING id, pk
+"""
+
+_PAYLOAD_SQL = """
+INSERT INTO message_payloads (pk, payload) VALUES {rows}
+ON CONFLICT (pk) DO UPDATE SET payload = excluded.payload
 """
 
 _EVENT_COLUMNS = "(message_id, account_id, ts, kind, code, detail, data)"
 
 
 class SqlStore:
-    """A :class:`gmp_core.Store` on a peewee async database."""
+    """A :class:`gmp_core.Store` on a peewee database, used from one thread."""
 
-    def __init__(self, db: AsyncSqliteDatabase) -> None:
+    def __init__(self, db: pw.Database) -> None:
         self.db = db
+        self.thread = DatabaseThread(db)
         self.schema: Schema = bind_schema(db)
         self._last_slot_prune = 0.0
 
     # ------------------------------------------------------------------ plumbing
 
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[None]:
-        """Scope a pooled connection to one operation (a long-lived task would otherwise keep
-        its connection until it ends)."""
-        async with self.db:
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[None]:
+        with self.db.atomic("IMMEDIATE"):
             yield
 
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[None]:
-        async with self.db, self.db.atomic("IMMEDIATE"):
-            yield
-
-    async def _sql(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        cursor = await self.db.aexecute_sql(sql, params)
-        rows: list[tuple[Any, ...]] = cursor.fetchall()
+    def _sql(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = self.db.execute_sql(sql, params).fetchall()
         return rows
-
-    async def _query(self, query: pw.Query) -> Any:
-        return await self.db.aexecute(query)
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def open(self) -> None:
-        async with self._connection():
-            await self.db.acreate_tables(self.schema.models, safe=True)
+    @on_db_thread
+    def open(self) -> None:
+        self.db.connect(reuse_if_open=True)
+        with self._write():
+            self.db.create_tables(self.schema.models, safe=True)
             version = self.schema.Version
-            async with self.db.atomic("IMMEDIATE"):
-                if not await self.db.exists(version.select()):
-                    await self._query(version.insert(version=SCHEMA_VERSION))
+            if not version.select().exists():
+                version.insert(version=SCHEMA_VERSION).execute()
 
     async def close(self) -> None:
-        await self.db.close_pool()
+        await self.thread.close()
 
-    async def ping(self) -> None:
-        async with self._connection():
-            await self._sql("SELECT 1")
+    @on_db_thread
+    def ping(self) -> None:
+        self._sql("SELECT 1")
 
     # ------------------------------------------------------------------ intake
 
-    async def enqueue(self, messages: Sequence[Message], events: Sequence[Event],
+    @on_db_thread
+    def enqueue(self, messages: Sequence[Message], events: Sequence[Event],
                       now: float, idempotency_window: float) -> EnqueueResult:
         result = EnqueueResult()
         if not messages:
             return result
         ids = [m.id for m in messages]
-        async with self._write():
-            tombstones = {row[0] for chunk in _chunks(ids) for row in await self._sql(
+        with self._write():
+            tombstones = {row[0] for chunk in _chunks(ids) for row in self._sql(
                 f"SELECT id FROM sent_ids WHERE sent_ts > ? AND id IN ({_marks(chunk)})",
                 [now - idempotency_window, *chunk])}
             fresh = [m for m in messages if m.id not in tombstones]
-            queued: set[str] = set()
+            queued: dict[str, int] = {}  # id -> pk
             for chunk in _chunks(fresh):
                 params: list[Any] = []
                 for m in chunk:
                     due_later = m.deferred_ts is not None and m.deferred_ts > now
                     params += [m.id, m.account_id, m.priority,
                                State.SCHEDULED if due_later else State.QUEUED,
-                               _dumps(m.to_payload()), 0, m.deferred_ts, now, now]
-                sql = _ENQUEUE_SQL.format(rows=_value_rows(len(chunk), 9))
-                queued.update(row[0] for row in await self._sql(sql, params))
-            await self._insert_events(e for e in events if e.message_id in queued)
+                               0, m.deferred_ts, now, now]
+                rows = self._sql(_ENQUEUE_SQL.format(rows=_value_rows(len(chunk), 8)), params)
+                queued.update(rows)
+            self._write_payloads([(queued[m.id], m) for m in fresh if m.id in queued])
+            self._insert_events(e for e in events if e.message_id in queued)
             refused = [i for i in ids if i not in queued]
-            states = dict(await self._sql(
+            states = dict(self._sql(
                 f"SELECT id, state FROM messages WHERE id IN ({_marks(refused)})", refused)
             ) if refused else {}
         for message_id in ids:
@@ -174,34 +173,38 @@ class SqlStore:
 
     # ------------------------------------------------------------------ dispatch
 
-    async def claim(self, worker: str, now: float, *, limit: int, lease_seconds: float,
+    @on_db_thread
+    def claim(self, worker: str, now: float, *, limit: int, lease_seconds: float,
                     default_batch_size: int, max_priority: int = 3) -> list[Claim]:
         lease_until = now + lease_seconds
-        async with self._write():
-            await self._sql(_PROMOTE_SQL, (now, now))
-            rows = await self._sql(_CLAIM_SQL, (max_priority, limit * 4, default_batch_size,
-                                                worker, lease_until, now, limit))
+        with self._write():
+            self._sql(_PROMOTE_SQL, (now, now))
+            rows = self._sql(_CLAIM_SQL, (max_priority, limit * 4, default_batch_size,
+                                          worker, lease_until, now, limit))
+            payloads = self._payloads([row[0] for row in rows])
         claims = [
             Claim(
-                message=Message.from_payload(json.loads(payload), id=id_, account_id=account,
+                message=Message.from_payload(payloads[pk], id=id_, account_id=account,
                                              priority=priority, deferred_ts=deferred_ts),
                 attempts=attempts, lease_until=lease_until, seq=pk)
-            for pk, id_, account, priority, payload, attempts, deferred_ts in rows
+            for pk, id_, account, priority, attempts, deferred_ts in rows
         ]
         claims.sort(key=lambda c: (c.message.priority, c.seq))  # RETURNING has no order
         return claims
 
-    async def renew_leases(self, worker: str, ids: Sequence[str], lease_until: float) -> None:
-        async with self._write():
+    @on_db_thread
+    def renew_leases(self, worker: str, ids: Sequence[str], lease_until: float) -> None:
+        with self._write():
             for chunk in _chunks(ids):
-                await self._sql(
+                self._sql(
                     f"UPDATE messages SET lease_until = ? WHERE state = 'sending' "
                     f"AND claimed_by = ? AND id IN ({_marks(chunk)})",
                     [lease_until, worker, *chunk])
 
-    async def record(self, worker: str, outcomes: Sequence[Outcome], now: float) -> list[str]:
+    @on_db_thread
+    def record(self, worker: str, outcomes: Sequence[Outcome], now: float) -> list[str]:
         applied: set[str] = set()
-        async with self._write():
+        with self._write():
             for chunk in _chunks(outcomes):
                 params: list[Any] = []
                 for o in chunk:
@@ -209,42 +212,56 @@ class SqlStore:
                                now if o.state == State.SENT else None,
                                now if o.state == State.ERROR else None]
                 sql = _RECORD_SQL.format(rows=_value_rows(len(chunk), 7))
-                applied.update(row[0] for row in await self._sql(sql, [*params, now, worker]))
-            await self._insert_events(o.event for o in outcomes
+                applied.update(row[0] for row in self._sql(sql, [*params, now, worker]))
+            self._insert_events(o.event for o in outcomes
                                       if o.event is not None and o.message_id in applied)
         return [o.message_id for o in outcomes if o.message_id in applied]
 
-    async def next_due(self, now: float) -> float | None:
-        async with self._connection():
-            rows = await self._sql(
-                "SELECT (SELECT MIN(deferred_ts) FROM messages WHERE state = 'scheduled'), "
-                "(SELECT MIN(lease_until) FROM messages WHERE state = 'sending')")
+    @on_db_thread
+    def next_due(self, now: float) -> float | None:
+        rows = self._sql(
+            "SELECT (SELECT MIN(deferred_ts) FROM messages WHERE state = 'scheduled'), "
+            "(SELECT MIN(lease_until) FROM messages WHERE state = 'sending')")
         times = [t for t in rows[0] if t is not None]
         return min(times) if times else None
 
-    async def _insert_events(self, events: Iterable[Event]) -> None:
+    def _write_payloads(self, messages: Sequence[tuple[int, Message]]) -> None:
+        for chunk in _chunks(messages):
+            params = [v for pk, m in chunk for v in (pk, _dumps(m.to_payload()))]
+            self._sql(_PAYLOAD_SQL.format(rows=_value_rows(len(chunk), 2)), params)
+
+    def _payloads(self, pks: Sequence[int]) -> dict[int, dict[str, Any]]:
+        found: dict[int, dict[str, Any]] = {}
+        for chunk in _chunks(pks):
+            rows = self._sql(f"SELECT pk, payload FROM message_payloads WHERE pk IN "
+                             f"({_marks(chunk)})", chunk)
+            found.update((pk, json.loads(payload)) for pk, payload in rows)
+        return found
+
+    def _insert_events(self, events: Iterable[Event]) -> None:
         for chunk in _chunks(list(events)):
             params: list[Any] = []
             for e in chunk:
                 params += [e.message_id, e.account_id, e.ts, e.kind, e.code, e.detail,
                            _dumps(e.data)]
-            await self._sql(f"INSERT INTO message_events {_EVENT_COLUMNS} VALUES "
+            self._sql(f"INSERT INTO message_events {_EVENT_COLUMNS} VALUES "
                             f"{_value_rows(len(chunk), 7)}", params)
 
     # ------------------------------------------------------------------ rate limits
 
-    async def reserve_sends(self, account_id: str, limits: Sequence[tuple[int, int]],
+    @on_db_thread
+    def reserve_sends(self, account_id: str, limits: Sequence[tuple[int, int]],
                             wanted: int, now: float) -> tuple[int, list[float]]:
-        async with self._write():
-            await self._prune_slots(now)
+        with self._write():
+            self._prune_slots(now)
             counts = {}
             for window, _ in limits:
-                rows = await self._sql("SELECT COUNT(*) FROM send_slots WHERE account_id = ? "
+                rows = self._sql("SELECT COUNT(*) FROM send_slots WHERE account_id = ? "
                                        "AND ts > ?", (account_id, now - window))
                 counts[window] = rows[0][0]
             granted = max(0, min(wanted, *(limit - counts[w] for w, limit in limits)))
             for chunk in _chunks([now] * granted):
-                await self._sql(f"INSERT INTO send_slots (account_id, ts) VALUES "
+                self._sql(f"INSERT INTO send_slots (account_id, ts) VALUES "
                                 f"{_value_rows(len(chunk), 2)}",
                                 [v for ts in chunk for v in (account_id, ts)])
             refused = wanted - granted
@@ -253,7 +270,7 @@ class SqlStore:
                 if refused == 0 or counts[window] + granted < limit:
                     continue
                 # The j-th refused message may go when the j-th oldest slot leaves the window.
-                rows = await self._sql(
+                rows = self._sql(
                     "SELECT ts FROM send_slots WHERE account_id = ? AND ts > ? "
                     "ORDER BY ts LIMIT ?", (account_id, now - window, refused))
                 frees = [ts + window for (ts,) in rows]
@@ -261,43 +278,44 @@ class SqlStore:
                 retry_at = [max(a, b) for a, b in zip(retry_at, frees, strict=True)]
         return granted, retry_at
 
-    async def _prune_slots(self, now: float) -> None:
+    def _prune_slots(self, now: float) -> None:
         if now - self._last_slot_prune > SLOT_PRUNE_INTERVAL:
             self._last_slot_prune = now
-            await self._sql("DELETE FROM send_slots WHERE ts < ?", (now - 86400,))
+            self._sql("DELETE FROM send_slots WHERE ts < ?", (now - 86400,))
 
     # ------------------------------------------------------------------ accounts
 
-    async def put_account(self, account: Account, now: float) -> None:
+    @on_db_thread
+    def put_account(self, account: Account, now: float) -> None:
         row = self.schema.Account
         values = _account_columns(account)
         values.update(created_at=now, updated_at=now)
         update = {k: v for k, v in values.items() if k not in ("id", "created_at")}
-        async with self._write():
-            await self._query(row.insert(**values).on_conflict(
-                conflict_target=[row.id], update=update))
+        with self._write():
+            row.insert(**values).on_conflict(
+                conflict_target=[row.id], update=update).execute()
 
-    async def get_accounts(self, ids: Sequence[str]) -> dict[str, Account]:
+    @on_db_thread
+    def get_accounts(self, ids: Sequence[str]) -> dict[str, Account]:
         row = self.schema.Account
         ids = list(ids)
-        async with self._connection():
-            found = [] if not ids else await self.db.list(
-                row.select().where(row.id.in_(ids)).dicts())
+        found = _dicts(row.select().where(row.id.in_(ids))) if ids else []
         return {r["id"]: _account(r) for r in found}
 
-    async def list_accounts(self) -> list[Account]:
+    @on_db_thread
+    def list_accounts(self) -> list[Account]:
         row = self.schema.Account
-        async with self._connection():
-            rows = await self.db.list(row.select().order_by(row.id).dicts())
+        rows = _dicts(row.select().order_by(row.id))
         return [_account(r) for r in rows]
 
-    async def delete_account(self, account_id: str, *, force: bool,
+    @on_db_thread
+    def delete_account(self, account_id: str, *, force: bool,
                              now: float) -> AccountDeletion:
         msg, account = self.schema.Message, self.schema.Account
-        async with self._write():
-            if not await self.db.exists(account.select().where(account.id == account_id)):
+        with self._write():
+            if not account.select().where(account.id == account_id).exists():
                 return AccountDeletion(found=False)
-            unsent_rows = await self._sql(
+            unsent_rows = self._sql(
                 "SELECT id, state FROM messages WHERE account_id = ? AND state IN (?, ?, ?)",
                 (account_id, *UNSENT))
             if unsent_rows and not force:
@@ -305,18 +323,19 @@ class SqlStore:
             # Messages being sent right now finish; their next attempt finds no account.
             waiting = [id_ for id_, state in unsent_rows if state != State.SENDING]
             for chunk in _chunks(waiting):
-                await self._query(msg.update(
+                msg.update(
                     state=State.ERROR, error="account deleted", error_ts=now, updated_at=now,
-                    reported_ts=None).where(msg.id.in_(chunk)))
+                    reported_ts=None).where(msg.id.in_(chunk)).execute()
             events = [Event("error", id_, account_id, now, detail="account deleted")
                       for id_ in waiting]
-            await self._insert_events(events)
-            await self._query(account.delete().where(account.id == account_id))
+            self._insert_events(events)
+            account.delete().where(account.id == account_id).execute()
         return AccountDeletion(found=True, deleted=True, unsent=len(unsent_rows), events=events)
 
     # ------------------------------------------------------------------ admin
 
-    async def list_messages(self, *, status: str | None, account_id: str | None, limit: int,
+    @on_db_thread
+    def list_messages(self, *, status: str | None, account_id: str | None, limit: int,
                             cursor: int | None) -> tuple[list[MessageRecord], int | None]:
         msg = self.schema.Message
         query = msg.select().order_by(msg.pk).limit(limit)
@@ -326,30 +345,30 @@ class SqlStore:
             query = query.where(msg.account_id == account_id)
         if cursor is not None:
             query = query.where(msg.pk > cursor)
-        async with self._connection():
-            rows = await self.db.list(query.dicts())
+        rows = _dicts(query)
         next_cursor = rows[-1]["pk"] if len(rows) == limit else None
         return [_record(r) for r in rows], next_cursor
 
-    async def get_message(self, message_id: str) -> tuple[MessageRecord, list[Event]] | None:
+    @on_db_thread
+    def get_message(self, message_id: str) -> tuple[MessageRecord, list[Event]] | None:
         msg, event = self.schema.Message, self.schema.Event
-        async with self._connection():
-            rows = await self.db.list(msg.select().where(msg.id == message_id).dicts())
-            if not rows:
-                return None
-            events = await self.db.list(event.select().where(
-                event.message_id == message_id).order_by(event.pk).dicts())
+        rows = _dicts(msg.select().where(msg.id == message_id))
+        if not rows:
+            return None
+        events = _dicts(event.select().where(
+            event.message_id == message_id).order_by(event.pk))
         record = _record(rows[0])
-        record.payload = json.loads(rows[0]["payload"])
+        record.payload = self._payloads([rows[0]["pk"]]).get(rows[0]["pk"])
         return record, [_event(e) for e in events]
 
-    async def delete_messages(self, ids: Sequence[str]) -> DeleteResult:
+    @on_db_thread
+    def delete_messages(self, ids: Sequence[str]) -> DeleteResult:
         result = DeleteResult()
         now = time.time()
-        async with self._write():
+        with self._write():
             states: dict[str, tuple[str, float | None]] = {}
             for chunk in _chunks(ids):
-                rows = await self._sql(f"SELECT id, state, sent_ts FROM messages WHERE id IN "
+                rows = self._sql(f"SELECT id, state, sent_ts FROM messages WHERE id IN "
                                        f"({_marks(chunk)})", chunk)
                 states.update((id_, (state, sent_ts)) for id_, state, sent_ts in rows)
             for id_ in ids:
@@ -362,54 +381,63 @@ class SqlStore:
                     result.removed.append(id_)
             sent = [(id_, states[id_][1] or now) for id_ in result.removed
                     if states[id_][0] == State.SENT]
-            await self._remember_sent(sent)
-            await self._delete_rows(result.removed)
+            self._remember_sent(sent)
+            self._delete_rows(result.removed)
         return result
 
-    async def cleanup(self, reported_before: float, now: float,
+    @on_db_thread
+    def cleanup(self, reported_before: float, now: float,
                       idempotency_window: float) -> int:
-        async with self._write():
-            rows = await self._sql(
+        with self._write():
+            rows = self._sql(
                 "SELECT id, state, sent_ts FROM messages WHERE state IN ('sent', 'error') "
                 "AND reported_ts IS NOT NULL AND reported_ts < ?", (reported_before,))
-            await self._remember_sent([(id_, ts) for id_, state, ts in rows if state == "sent"])
-            await self._delete_rows([id_ for id_, _, _ in rows])
-            await self._sql("DELETE FROM sent_ids WHERE sent_ts <= ?", (now - idempotency_window,))
+            self._remember_sent([(id_, ts) for id_, state, ts in rows if state == "sent"])
+            self._delete_rows([id_ for id_, _, _ in rows])
+            self._sql("DELETE FROM sent_ids WHERE sent_ts <= ?", (now - idempotency_window,))
         return len(rows)
 
-    async def _remember_sent(self, sent: Sequence[tuple[str, float]]) -> None:
+    def _remember_sent(self, sent: Sequence[tuple[str, float]]) -> None:
         for chunk in _chunks(sent):
-            await self._sql(f"INSERT INTO sent_ids (id, sent_ts) VALUES "
+            self._sql(f"INSERT INTO sent_ids (id, sent_ts) VALUES "
                             f"{_value_rows(len(chunk), 2)} ON CONFLICT (id) DO NOTHING",
                             [v for pair in chunk for v in pair])
 
-    async def _delete_rows(self, ids: Sequence[str]) -> None:
+    def _delete_rows(self, ids: Sequence[str]) -> None:
         for chunk in _chunks(ids):
-            await self._sql(f"DELETE FROM message_events WHERE message_id IN ({_marks(chunk)})",
+            self._sql(f"DELETE FROM message_payloads WHERE pk IN (SELECT pk FROM messages "
+                      f"WHERE id IN ({_marks(chunk)}))", chunk)
+            self._sql(f"DELETE FROM message_events WHERE message_id IN ({_marks(chunk)})",
                             chunk)
-            await self._sql(f"DELETE FROM messages WHERE id IN ({_marks(chunk)})", chunk)
+            self._sql(f"DELETE FROM messages WHERE id IN ({_marks(chunk)})", chunk)
 
-    async def queue_counts(self) -> dict[str, int]:
-        async with self._connection():
-            rows = await self._sql("SELECT state, COUNT(*) FROM messages GROUP BY state")
+    @on_db_thread
+    def queue_counts(self) -> dict[str, int]:
+        rows = self._sql("SELECT state, COUNT(*) FROM messages GROUP BY state")
         counts = dict.fromkeys(State, 0)
         counts.update(rows)
         return {str(state): count for state, count in counts.items()}
 
-    async def get_flag(self, name: str) -> str | None:
-        flag = self.schema.Flag
-        async with self._connection():
-            row = await self.db.list(flag.select(flag.value).where(flag.name == name).tuples())
+    @on_db_thread
+    def get_flag(self, name: str) -> str | None:
+        row = self._sql("SELECT value FROM flags WHERE name = ?", (name,))
         return row[0][0] if row else None
 
-    async def set_flag(self, name: str, value: str) -> None:
+    @on_db_thread
+    def set_flag(self, name: str, value: str) -> None:
         flag = self.schema.Flag
-        async with self._write():
-            await self._query(flag.insert(name=name, value=value).on_conflict(
-                conflict_target=[flag.name], update={flag.value: value}))
+        with self._write():
+            flag.insert(name=name, value=value).on_conflict(
+                conflict_target=[flag.name], update={flag.value: value}).execute()
 
 
 # ---------------------------------------------------------------------- helpers
+
+def _dicts(query: pw.ModelSelect[Any]) -> list[dict[str, Any]]:
+    """Rows as dicts (peewee's stubs type ``.dicts()`` rows as model instances)."""
+    rows: list[dict[str, Any]] = list(query.dicts())
+    return rows
+
 
 def _chunks(items: Sequence[Any], size: int = ROWS_PER_STATEMENT) -> Iterable[list[Any]]:
     iterator = iter(items)
