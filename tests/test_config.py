@@ -110,3 +110,22 @@ def test_every_setting_is_documented() -> None:
         body = section[1].split("\n## ", 1)[0]
         for key in model.model_fields:
             assert f"| `{key}` |" in body, f"[{table}] {key} is not documented"
+
+
+def test_check_config_command(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from gmp_core.cli import cli
+
+    good = tmp_path / "good.toml"
+    good.write_text('[service]\ndefault_priority = 1\n[leftover]\nx = 1\n')
+    result = CliRunner().invoke(cli, ["check-config", "--config", str(good)], env={})
+    assert result.exit_code == 0
+    assert "configuration OK" in result.output
+    assert "[leftover] is not used by any enabled plugin" in result.output
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[smtp]\ncommand_timeout = "slow"\n')
+    result = CliRunner().invoke(cli, ["check-config", "--config", str(bad)], env={})
+    assert result.exit_code == 1
+    assert "[smtp] command_timeout" in result.output

@@ -1,0 +1,187 @@
+"""The store's contract (gmp_core/store.py), checked directly on the bundled SQL store."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gmp_core import Account, Config, Event, Message, Outcome, State, Store
+from gmp_core.intake import parse_message
+from gmp_sql import SqlSettings, gmp_make_store
+from tests.support import message
+
+WINDOW = 30 * 86400
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    config = Config({"sql": {"url": str(tmp_path / "store.db")}}, environ={})
+    config.register("sql", SqlSettings)
+    made = gmp_make_store(config)
+    assert made is not None
+    await made.open()
+    await made.put_account(Account(id="acc", host="h"), time.time())
+    yield made
+    await made.close()
+
+
+def msg(id: str, **fields: object) -> Message:
+    return parse_message(message(id, **fields), default_priority=2, default_account=None)
+
+
+async def enqueue(store: Store, *messages: Message, now: float | None = None) -> list[str]:
+    now = time.time() if now is None else now
+    events = [Event("queued", m.id, m.account_id, now) for m in messages]
+    return (await store.enqueue(messages, events, now, WINDOW)).queued
+
+
+async def claim(store: Store, worker: str = "w1", *, limit: int = 100,
+                lease: float = 60, now: float | None = None, batch: int = 50,
+                max_priority: int = 3) -> list[str]:
+    claims = await store.claim(worker, time.time() if now is None else now, limit=limit,
+                               lease_seconds=lease, default_batch_size=batch,
+                               max_priority=max_priority)
+    return [c.message.id for c in claims]
+
+
+def sent(id: str, now: float) -> Outcome:
+    return Outcome(id, State.SENT, Event("sent", id, "acc", now))
+
+
+async def test_claims_follow_priority_then_arrival(store: Store) -> None:
+    await enqueue(store, msg("low", priority=3), msg("mid1"), msg("now", priority=0),
+                  msg("mid2"), msg("high", priority=1))
+    assert await claim(store) == ["now", "high", "mid1", "mid2", "low"]
+    assert await claim(store, "w2") == []  # each message goes to one claimant
+
+
+async def test_claim_respects_limit_max_priority_and_batch_size(store: Store) -> None:
+    await store.put_account(Account(id="big", host="h", batch_size=2), time.time())
+    await enqueue(store, *(msg(f"big{i}", account_id="big") for i in range(5)),
+                  msg("small"), msg("urgent", priority=0))
+    assert await claim(store, max_priority=0) == ["urgent"]
+    # At most two of "big" in one claim, so "small", queued after them, is not kept waiting.
+    assert await claim(store) == ["big0", "big1", "small"]
+    assert await claim(store, limit=1) == ["big2"]
+
+
+async def test_scheduled_messages_wait_for_their_time(store: Store) -> None:
+    now = time.time()
+    await enqueue(store, msg("later", deferred_ts=now + 100), now=now)
+    assert await claim(store, now=now) == []
+    assert await store.next_due(now) == pytest.approx(now + 100)
+    assert await claim(store, now=now + 101) == ["later"]
+
+
+async def test_an_expired_lease_is_taken_again(store: Store) -> None:
+    now = time.time()
+    await enqueue(store, msg("m1"), now=now)
+    assert await claim(store, "dead", lease=10, now=now) == ["m1"]
+    assert await claim(store, "alive", now=now + 5) == []
+    assert await store.next_due(now + 5) == pytest.approx(now + 10)
+    assert await claim(store, "alive", now=now + 11) == ["m1"]
+    # The dead claimant's late outcome no longer applies; the new holder's does.
+    assert await store.record("dead", [sent("m1", now + 12)], now + 12) == []
+    assert await store.record("alive", [sent("m1", now + 12)], now + 12) == ["m1"]
+    record, history = await store.get_message("m1") or pytest.fail("missing")
+    assert record.status == "sent"
+    assert [e.kind for e in history] == ["queued", "sent"]
+
+
+async def test_renewed_leases_are_kept(store: Store) -> None:
+    now = time.time()
+    await enqueue(store, msg("m1"), now=now)
+    await claim(store, "w1", lease=10, now=now)
+    await store.renew_leases("w1", ["m1"], now + 100)
+    assert await claim(store, "w2", now=now + 50) == []
+
+
+async def test_outcomes_and_events_in_one_write(store: Store) -> None:
+    now = time.time()
+    await enqueue(store, msg("ok"), msg("retry"), msg("bad"), msg("back"), now=now)
+    await claim(store, now=now)
+    applied = await store.record("w1", [
+        sent("ok", now),
+        Outcome("retry", State.SCHEDULED, Event("deferred", "retry", "acc", now),
+                deferred_ts=now + 60, attempts=1, error="451 later"),
+        Outcome("bad", State.ERROR, Event("error", "bad", "acc", now, code=550),
+                attempts=1, error="550 no"),
+        Outcome("back", State.QUEUED, None),
+    ], now)
+    assert sorted(applied) == ["back", "bad", "ok", "retry"]
+    states = {r.id: (r.status, r.attempts, r.error) for r in
+              (await store.list_messages(status=None, account_id=None, limit=10,
+                                         cursor=None))[0]}
+    assert states == {"ok": ("sent", 0, None), "retry": ("scheduled", 1, "451 later"),
+                      "bad": ("error", 1, "550 no"), "back": ("queued", 0, None)}
+    counts = await store.queue_counts()
+    assert counts == {"queued": 1, "scheduled": 1, "sending": 0, "sent": 1, "error": 1}
+
+
+async def test_enqueue_replaces_unsent_and_refuses_in_flight_and_sent(store: Store) -> None:
+    now = time.time()
+    await enqueue(store, msg("a", subject="v1"), msg("b"), msg("c"), now=now)
+    await claim(store, limit=2, now=now)  # a and b are in flight
+    await store.record("w1", [sent("a", now)], now)
+    result = await store.enqueue([msg("a"), msg("b"), msg("c", subject="v2")], [], now, WINDOW)
+    assert result.queued == ["c"]
+    assert result.refused == {"a": "already sent", "b": "in flight"}
+    record, _ = await store.get_message("c") or pytest.fail("missing")
+    assert record.payload is not None and record.payload["subject"] == "v2"
+
+
+async def test_sent_ids_outlive_cleanup_for_the_idempotency_window(store: Store) -> None:
+    now = time.time()
+    await enqueue(store, msg("a"), now=now)
+    await claim(store, now=now)
+    await store.record("w1", [sent("a", now)], now)
+    deleted = await store.delete_messages(["a", "ghost"])
+    assert (deleted.removed, deleted.not_found) == (["a"], ["ghost"])
+    result = await store.enqueue([msg("a")], [], now + 10, WINDOW)
+    assert result.refused == {"a": "already sent"}
+    # After the window the tombstone goes, and the id is new again.
+    assert await store.cleanup(now, now + WINDOW + 1, WINDOW) == 0
+    assert (await store.enqueue([msg("a")], [], now + WINDOW + 2, WINDOW)).queued == ["a"]
+
+
+async def test_cleanup_removes_only_reported_final_messages(store: Store) -> None:
+    now = time.time()
+    await enqueue(store, msg("a"), msg("b"), now=now)
+    await claim(store, now=now)
+    await store.record("w1", [sent("a", now), sent("b", now)], now)
+    # Nothing is reported yet (the reporter comes later): nothing may be purged.
+    assert await store.cleanup(now + 1000, now + 1000, WINDOW) == 0
+
+
+async def test_sliding_window_reservations(store: Store) -> None:
+    now = 1_000_000.0
+    granted, retry = await store.reserve_sends("acc", [(60, 3)], 2, now)
+    assert (granted, retry) == (2, [])
+    granted, retry = await store.reserve_sends("acc", [(60, 3)], 3, now + 10)
+    # One slot left; the other two free up when the first two sends leave the window.
+    assert granted == 1 and retry == [now + 60, now + 60]
+    granted, _ = await store.reserve_sends("acc", [(60, 3)], 1, now + 61)
+    assert granted == 1  # the first two left the window
+    granted, retry = await store.reserve_sends("acc", [(60, 10), (3600, 4)], 1, now + 62)
+    assert granted == 0 and retry == [now + 3600]
+
+
+async def test_the_due_work_query_reads_an_index(store: Store) -> None:
+    """Finding due work must not scan the table (it keeps days of sent messages)."""
+    sqlite = store.db  # type: ignore[attr-defined]
+
+    def plan(sql: str) -> str:
+        rows = sqlite.execute_sql(f"EXPLAIN QUERY PLAN {sql}").fetchall()
+        return " | ".join(str(row[-1]) for row in rows)
+
+    queued = await store.thread.run(lambda: plan(  # type: ignore[attr-defined]
+        "SELECT pk FROM messages WHERE state = 'queued' AND priority <= 3 "
+        "ORDER BY priority, pk LIMIT 10"))
+    assert "ix_messages_queued" in queued and "SCAN messages" not in queued.replace(
+        "USING INDEX", "")
+    scheduled = await store.thread.run(lambda: plan(  # type: ignore[attr-defined]
+        "SELECT MIN(deferred_ts) FROM messages WHERE state = 'scheduled'"))
+    assert "ix_messages_scheduled" in scheduled
