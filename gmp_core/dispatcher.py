@@ -10,7 +10,7 @@ The pipeline, in one process:
 * each **account lane** is a priority heap drained by at most ``max_connections`` workers (the
   account's pool size), all sharing one global limit of concurrent sends;
 * the **recorder** writes outcomes by group commit: whatever finished while the previous write
-  ran goes in the next one, so there is one transaction per batch, not per message;
+  ran (or within a few ms) goes in the next one: one transaction per batch, not per message;
 * a **lease keeper** renews the leases of everything in hand, so claims of a live process never
   expire while those of a dead one do after ``lease_seconds``.
 """
@@ -115,8 +115,8 @@ class Dispatcher:
             if late:
                 log.warning("%d sends did not finish within %.0fs; their leases will expire",
                             len(late), timeout)
-        # The recorder and lease keeper end on their own: a cancellation landing inside a
-        # store call can be swallowed by the database layer, so they are not cancelled.
+        # The recorder and lease keeper end on their own rather than being cancelled, so that
+        # neither is ever interrupted half-way through a store call.
         await self._recorder.close()
         self._stopped.set()
         await asyncio.gather(recorder, lease_keeper, return_exceptions=True)
@@ -340,9 +340,8 @@ class AccountLane:
         for claim in claims:
             heapq.heappush(self._heap, (claim.message.priority, claim.seq, claim))
         while len(self.workers) < min(self.account.max_connections, len(self._heap)):
-            task = asyncio.create_task(self._work(), name=f"gmp-send-{self.account.id}")
-            self.workers.add(task)
-            task.add_done_callback(self.workers.discard)
+            self.workers.add(asyncio.create_task(self._work(),
+                                                 name=f"gmp-send-{self.account.id}"))
 
     def take_all(self) -> list[Claim]:
         claims = [claim for _, _, claim in self._heap]
@@ -351,12 +350,18 @@ class AccountLane:
 
     async def _work(self) -> None:
         dispatcher = self.dispatcher
-        while self._heap and not dispatcher._stopping:  # stopping: no new sends
-            _, _, claim = heapq.heappop(self._heap)
-            async with dispatcher._send_slots:
-                outcome = await dispatcher.deliver(claim, self.account)
-            if outcome is not None:
-                dispatcher._recorder.add([outcome])
+        try:
+            while self._heap and not dispatcher._stopping:  # stopping: no new sends
+                _, _, claim = heapq.heappop(self._heap)
+                async with dispatcher._send_slots:
+                    outcome = await dispatcher.deliver(claim, self.account)
+                if outcome is not None:
+                    dispatcher._recorder.add([outcome])
+        finally:
+            # Leave the set the moment we stop looking at the heap, with no await between:
+            # a done-callback would run later, and a push() in between would see a worker
+            # that is gone and start none, leaving its messages stranded.
+            self.workers.discard(asyncio.current_task())
 
 
 class Recorder:
