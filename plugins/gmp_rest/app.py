@@ -66,6 +66,10 @@ def create_app(service: Service) -> Quart:
         info={"title": "genro-mail-proxy", "version": _version()},
         security_schemes={"token": {"type": "apiKey", "in_": "header", "name": API_KEY_HEADER}},
         security=[{"token": []}],
+        # Our views return plain dicts. With pydantic preferred, quart-schema builds a
+        # pydantic TypeAdapter for every response (a tenth of a request's time); with msgspec
+        # preferred it leaves dicts alone (or converts them in C when msgspec is installed).
+        conversion_preference="msgspec",
     )
     app.before_request(authenticate)
     app.register_error_handler(RequestSchemaValidationError, schema_error)
