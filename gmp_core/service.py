@@ -104,21 +104,18 @@ class Service:
         store = self.pm.hook.gmp_make_store(config=self.config)
         if store is None:
             raise ConfigError("no enabled plugin provides a store (is 'sql' disabled?)")
-        await store.open()
+        try:
+            await store.open()
+        except BaseException:
+            await store.close()
+            raise
         self._store = store
         self._accounts = AccountDirectory(store)
         hook = self.pm.hook
-        hook.gmp_register_transports(register=_registrar(self.transports, "transport"),
-                                     service=self)
-        hook.gmp_register_volume_backends(register=_registrar(self.volumes, "volume"),
-                                          service=self)
-        hook.gmp_register_rate_limit_policies(
-            register=_registrar(self.rate_limit_policies, "rate-limit policy"), service=self)
-        hook.gmp_register_reporters(register=_registrar(self.reporters, "reporter"),
-                                    service=self)
-        self.active = await store.get_flag("active") != "false"
-        self._dispatcher = Dispatcher(self)
         try:
+            self._collect_plugin_objects()
+            self.active = await store.get_flag("active") != "false"
+            self._dispatcher = Dispatcher(self)
             await call_each(hook.gmp_startup, service=self)
         except BaseException:
             # Let plugins that did start (a listening HTTP server, say) release what they took.
@@ -129,6 +126,17 @@ class Service:
         self.started_at = time.time()
         log.info("genro-mail-proxy started (worker %s, sending %s)", self._dispatcher.worker,
                  "active" if self.active else "suspended")
+
+    def _collect_plugin_objects(self) -> None:
+        hook = self.pm.hook
+        hook.gmp_register_transports(register=_registrar(self.transports, "transport"),
+                                     service=self)
+        hook.gmp_register_volume_backends(register=_registrar(self.volumes, "volume"),
+                                          service=self)
+        hook.gmp_register_rate_limit_policies(
+            register=_registrar(self.rate_limit_policies, "rate-limit policy"), service=self)
+        hook.gmp_register_reporters(register=_registrar(self.reporters, "reporter"),
+                                    service=self)
 
     async def stop(self) -> None:
         """Graceful stop: no new claims, sends in flight finish (bounded by
