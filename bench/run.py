@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,20 @@ class Proxy:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=60)
+
+
+@contextlib.asynccontextmanager
+async def proxy_for(sink_port: int, connections: int) -> AsyncIterator[tuple[Proxy,
+                                                                             httpx.AsyncClient]]:
+    """A fresh proxy with the benchmark account, and a client for it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        proxy = Proxy(Path(tmp), connections)
+        try:
+            async with proxy.client() as client:
+                await setup_account(client, sink_port, connections)
+                yield proxy, client
+        finally:
+            proxy.stop()
 
 
 async def call(client: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> Any:
@@ -257,16 +271,10 @@ async def bench_sink(kind: str, connections: int, count: int, rows: list[str]) -
     with smtp_sink(kind) as sink_port:
         ceilings = {mode: await raw_ceiling(sink_port, connections, count, mode)
                     for mode in ("built", "prebuilt", "naive")}
-        with tempfile.TemporaryDirectory() as tmp:
-            proxy = Proxy(Path(tmp), connections)
-            try:
-                async with proxy.client() as client:
-                    await setup_account(client, sink_port, connections)
-                    await call(client, "POST", "/commands/suspend")
-                    intake = await enqueue(client, count)
-                    rate, _ = await deliver_all(client, count)
-            finally:
-                proxy.stop()
+        async with proxy_for(sink_port, connections) as (_, client):
+            await call(client, "POST", "/commands/suspend")
+            intake = await enqueue(client, count)
+            rate, _ = await deliver_all(client, count)
     rows.append(f"| {kind} | {connections} | {count:,} | {intake:,.0f} | **{rate:,.0f}** | "
                 f"{ceilings['built']:,.0f} | **{rate / ceilings['built']:.0%}** | "
                 f"{ceilings['prebuilt']:,.0f} ({rate / ceilings['prebuilt']:.0%}) | "
@@ -278,38 +286,28 @@ async def bench_latency(count: int) -> list[str]:
     (to smtp-sink when installed), and with sending suspended."""
     rows = []
     sink = "smtp-sink" if shutil.which("smtp-sink") else "aiosmtpd"
-    with smtp_sink(sink) as sink_port, tempfile.TemporaryDirectory() as tmp:
-        proxy = Proxy(Path(tmp), 4)
-        try:
-            async with proxy.client() as client:
-                await setup_account(client, sink_port, 4)
-                await single_enqueue_latency(proxy.port, 200, "warm")
-                for state in ("active", "suspended"):
-                    if state == "suspended":
-                        await call(client, "POST", "/commands/suspend")
-                    p50, p99 = await single_enqueue_latency(proxy.port, count, state)
-                    rows.append(f"| single enqueue, sending {state} | {count:,} | "
-                                f"**{p50:.2f} ms** | {p99:.2f} ms |")
-        finally:
-            proxy.stop()
+    with smtp_sink(sink) as sink_port:
+        async with proxy_for(sink_port, 4) as (proxy, client):
+            await single_enqueue_latency(proxy.port, 200, "warm")
+            for state in ("active", "suspended"):
+                if state == "suspended":
+                    await call(client, "POST", "/commands/suspend")
+                p50, p99 = await single_enqueue_latency(proxy.port, count, state)
+                rows.append(f"| single enqueue, sending {state} | {count:,} | "
+                            f"**{p50:.2f} ms** | {p99:.2f} ms |")
     return rows
 
 
 async def bench_scale(total: int, connections: int) -> list[str]:
     """``total`` messages through smtp-sink: throughput per tenth, latency on a full table,
     peak memory."""
-    with smtp_sink("smtp-sink") as sink_port, tempfile.TemporaryDirectory() as tmp:
-        proxy = Proxy(Path(tmp), connections)
-        try:
-            async with proxy.client() as client:
-                await setup_account(client, sink_port, connections)
-                await call(client, "POST", "/commands/suspend")
-                intake = await enqueue(client, total)
-                rate, segments = await deliver_all(client, total, sample_every=total // 10)
-                p50, p99 = await single_enqueue_latency(proxy.port, 1000, "after")
-                rss = proxy.peak_rss_mb()
-        finally:
-            proxy.stop()
+    with smtp_sink("smtp-sink") as sink_port:
+        async with proxy_for(sink_port, connections) as (proxy, client):
+            await call(client, "POST", "/commands/suspend")
+            intake = await enqueue(client, total)
+            rate, segments = await deliver_all(client, total, sample_every=total // 10)
+            p50, p99 = await single_enqueue_latency(proxy.port, 1000, "after")
+            rss = proxy.peak_rss_mb()
     tenths = " / ".join(f"{s:,.0f}" for s in segments)
     return [
         f"- {total:,} messages: intake {intake:,.0f} msg/s; delivery {rate:,.0f} msg/s overall",

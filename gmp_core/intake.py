@@ -10,12 +10,14 @@ from __future__ import annotations
 import email.utils
 import re
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gmp_core.models import PRIORITY_LABELS, Account, Address, Attachment, Message, TlsMode
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class InvalidInput(ValueError):
@@ -118,12 +120,7 @@ def parse_message(
 
     The account is not looked up here (that needs the store); the caller checks it exists.
     """
-    if not isinstance(item, dict):
-        raise InvalidInput("invalid payload: each message must be a JSON object")
-    try:
-        data = MessageIn.model_validate(item)
-    except ValidationError as exc:
-        raise InvalidInput(_describe(exc)) from None
+    data = _validated(MessageIn, item, "each message")
     if _CONTROL.search(data.id):
         raise InvalidInput("invalid id: contains CR, LF or NUL")
     account_id = data.account_id or default_account
@@ -155,6 +152,15 @@ def parse_message(
         priority=default_priority if priority is None else priority,
         deferred_ts=data.deferred_ts,
     )
+
+
+def _validated(model: type[M], item: Any, what: str) -> M:
+    if not isinstance(item, dict):
+        raise InvalidInput(f"invalid payload: {what} must be a JSON object")
+    try:
+        return model.model_validate(item)
+    except ValidationError as exc:
+        raise InvalidInput(_describe(exc)) from None
 
 
 def _describe(exc: ValidationError) -> str:
@@ -279,12 +285,7 @@ def _attachment(item: AttachmentIn) -> Attachment:
 
 def parse_account(item: Any) -> Account:
     """Validate a ``POST /account`` payload into an :class:`Account`."""
-    if not isinstance(item, dict):
-        raise InvalidInput("invalid payload: the account must be a JSON object")
-    try:
-        data = AccountIn.model_validate(item)
-    except ValidationError as exc:
-        raise InvalidInput(_describe(exc)) from None
+    data = _validated(AccountIn, item, "the account")
     for field in ("id", "host", "user"):
         value = getattr(data, field)
         if value and (_CONTROL.search(value) or (field == "host" and " " in value)):

@@ -116,18 +116,24 @@ async def test_http_in_smtp_out_and_sigterm_exits_cleanly(
     assert sink.quits == sink.connections  # every pooled connection said QUIT
 
 
+async def hold_sends(proxy: ServeProcess, sink: SmtpSink, *, messages: int,
+                     connections: int) -> None:
+    """Queue ``messages`` and return once ``connections`` of them wait in DATA at the sink."""
+    sink.hold = asyncio.Event()
+    async with proxy.client() as client:
+        await post(client, "/account", {"id": "acc", "host": sink.host, "port": sink.port,
+                                        "tls": "none", "max_connections": connections})
+        await post(client, "/commands/add-messages",
+                   {"messages": [message(f"m{i}") for i in range(messages)]})
+        await sink.wait_held(connections)
+
+
 async def test_sigterm_finishes_sends_in_flight(config_file: Path,
                                                 processes: list[ServeProcess],
                                                 sink: SmtpSink) -> None:
     proxy = await serve(config_file, processes)
-    sink.hold = asyncio.Event()
-    async with proxy.client() as client:
-        await post(client, "/account", {"id": "acc", "host": sink.host, "port": sink.port,
-                                        "tls": "none", "max_connections": 2})
-        await post(client, "/commands/add-messages",
-                   {"messages": [message(f"m{i}") for i in range(10)]})
-        await sink.wait_held(2)
-    assert proxy.proc is not None
+    await hold_sends(proxy, sink, messages=10, connections=2)
+    assert proxy.proc is not None and sink.hold is not None
     proxy.proc.send_signal(signal.SIGTERM)
     await proxy.wait_for_log(b"stopping: finishing sends in flight")
     sink.hold.set()
@@ -146,16 +152,11 @@ async def test_sigkill_mid_dispatch_loses_nothing(config_file: Path,
                                                   processes: list[ServeProcess],
                                                   sink: SmtpSink) -> None:
     proxy = await serve(config_file, processes)
-    sink.hold = asyncio.Event()
-    async with proxy.client() as client:
-        await post(client, "/account", {"id": "acc", "host": sink.host, "port": sink.port,
-                                        "tls": "none", "max_connections": 3})
-        await post(client, "/commands/add-messages",
-                   {"messages": [message(f"m{i}") for i in range(60)]})
-        await sink.wait_held(3)
+    await hold_sends(proxy, sink, messages=60, connections=3)
     await proxy.stop(signal.SIGKILL)
     # The three transactions the dead process had reached DATA on may still complete at
     # the server: those, and only those, can arrive twice.
+    assert sink.hold is not None
     sink.hold.set()
 
     restarted = await serve(config_file, processes)  # claims come back when leases end

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from gmp_sql import SqlSettings, gmp_make_store
 
 from gmp_core import Account, Config, Event, Message, Outcome, State, Store
 from gmp_core.intake import parse_message
-from gmp_sql import SqlSettings, gmp_make_store
 from tests.support import message
 
 WINDOW = 30 * 86400
