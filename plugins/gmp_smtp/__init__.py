@@ -82,26 +82,29 @@ class SmtpTransport:
                            reused: bool) -> SendResult:
         assert message.data is not None
         recipients = message.recipients
+        if smtp.is_ehlo_or_helo_needed:
+            await smtp.ehlo()  # once per connection; extensions are known only after EHLO
         options = []
         if not (message.sender + "".join(recipients)).isascii():
-            if smtp.is_ehlo_or_helo_needed:
-                await smtp.ehlo()  # extensions are known only after EHLO
             if not smtp.supports_extension("smtputf8"):
                 return SendResult.failed("the server does not support SMTPUTF8, needed for "
                                          "non-ASCII addresses", temporary=False)
-            options.append("SMTPUTF8")
+            options.append(b"SMTPUTF8")
         try:
-            await smtp.mail(message.sender, options=options, encoding="utf-8")
+            response = await smtp.execute_command(b"MAIL", _path(b"FROM:", message.sender),
+                                                  *options)
         except aiosmtplib.SMTPServerDisconnected:
             if reused:
                 raise _StaleConnection from None
             raise
+        if response.code != 250:
+            raise aiosmtplib.SMTPSenderRefused(response.code, response.message, message.sender)
         refused: dict[str, aiosmtplib.SMTPRecipientRefused] = {}
         for recipient in recipients:
-            try:
-                await smtp.rcpt(recipient, encoding="utf-8")
-            except aiosmtplib.SMTPRecipientRefused as exc:
-                refused[recipient] = exc
+            response = await smtp.execute_command(b"RCPT", _path(b"TO:", recipient))
+            if response.code not in (250, 251):
+                refused[recipient] = aiosmtplib.SMTPRecipientRefused(
+                    response.code, response.message, recipient)
         if len(refused) == len(recipients):
             await smtp.rset()
             return _all_refused(refused)
@@ -143,6 +146,13 @@ class SmtpTransport:
                 await self._reaper
         pools, self._pools = list(self._pools.values()), {}
         await asyncio.gather(*(pool.close() for pool in pools))
+
+
+def _path(prefix: bytes, address: str) -> bytes:
+    """``FROM:<addr>``. We send MAIL and RCPT ourselves rather than through aiosmtplib's
+    ``mail()`` and ``rcpt()``, which re-parse every address with ``email.utils.parseaddr``
+    (about a tenth of the CPU of a send): ours were validated at intake."""
+    return prefix + b"<" + address.encode() + b">"
 
 
 def _all_refused(refused: dict[str, aiosmtplib.SMTPRecipientRefused]) -> SendResult:
