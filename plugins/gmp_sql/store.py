@@ -9,10 +9,10 @@ the database thread (``runner.py``). Writes on SQLite take the lock up front
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from itertools import islice
 from typing import Any
 
@@ -106,10 +106,9 @@ class SqlStore:
 
     # ------------------------------------------------------------------ plumbing
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[None]:
-        with self.db.atomic("IMMEDIATE"):
-            yield
+    def _write(self) -> AbstractContextManager[Any]:
+        """A write transaction, taking SQLite's write lock at BEGIN."""
+        return self.db.atomic("IMMEDIATE")
 
     def _sql(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = self.db.execute_sql(sql, params).fetchall()
@@ -137,7 +136,7 @@ class SqlStore:
 
     @on_db_thread
     def enqueue(self, messages: Sequence[Message], events: Sequence[Event],
-                      now: float, idempotency_window: float) -> EnqueueResult:
+                now: float, idempotency_window: float) -> EnqueueResult:
         result = EnqueueResult()
         if not messages:
             return result
@@ -175,7 +174,7 @@ class SqlStore:
 
     @on_db_thread
     def claim(self, worker: str, now: float, *, limit: int, lease_seconds: float,
-                    default_batch_size: int, max_priority: int = 3) -> list[Claim]:
+              default_batch_size: int, max_priority: int = 3) -> list[Claim]:
         lease_until = now + lease_seconds
         with self._write():
             self._sql(_PROMOTE_SQL, (now, now))
@@ -245,13 +244,13 @@ class SqlStore:
                 params += [e.message_id, e.account_id, e.ts, e.kind, e.code, e.detail,
                            _dumps(e.data)]
             self._sql(f"INSERT INTO message_events {_EVENT_COLUMNS} VALUES "
-                            f"{_value_rows(len(chunk), 7)}", params)
+                      f"{_value_rows(len(chunk), 7)}", params)
 
     # ------------------------------------------------------------------ rate limits
 
     @on_db_thread
     def reserve_sends(self, account_id: str, limits: Sequence[tuple[int, int]],
-                            wanted: int, now: float) -> tuple[int, list[float]]:
+                      wanted: int, now: float) -> tuple[int, list[float]]:
         with self._write():
             self._prune_slots(now)
             counts = {}
@@ -262,7 +261,7 @@ class SqlStore:
             granted = max(0, min(wanted, *(limit - counts[w] for w, limit in limits)))
             for chunk in _chunks([now] * granted):
                 self._sql(f"INSERT INTO send_slots (account_id, ts) VALUES "
-                                f"{_value_rows(len(chunk), 2)}",
+                          f"{_value_rows(len(chunk), 2)}",
                                 [v for ts in chunk for v in (account_id, ts)])
             refused = wanted - granted
             retry_at = [now] * refused
@@ -310,7 +309,7 @@ class SqlStore:
 
     @on_db_thread
     def delete_account(self, account_id: str, *, force: bool,
-                             now: float) -> AccountDeletion:
+                       now: float) -> AccountDeletion:
         msg, account = self.schema.Message, self.schema.Account
         with self._write():
             if not account.select().where(account.id == account_id).exists():
@@ -336,7 +335,7 @@ class SqlStore:
 
     @on_db_thread
     def list_messages(self, *, status: str | None, account_id: str | None, limit: int,
-                            cursor: int | None) -> tuple[list[MessageRecord], int | None]:
+                      cursor: int | None) -> tuple[list[MessageRecord], int | None]:
         msg = self.schema.Message
         query = msg.select().order_by(msg.pk).limit(limit)
         if status:
@@ -369,7 +368,7 @@ class SqlStore:
             states: dict[str, tuple[str, float | None]] = {}
             for chunk in _chunks(ids):
                 rows = self._sql(f"SELECT id, state, sent_ts FROM messages WHERE id IN "
-                                       f"({_marks(chunk)})", chunk)
+                                 f"({_marks(chunk)})", chunk)
                 states.update((id_, (state, sent_ts)) for id_, state, sent_ts in rows)
             for id_ in ids:
                 state = states.get(id_, (None, None))[0]
@@ -387,7 +386,7 @@ class SqlStore:
 
     @on_db_thread
     def cleanup(self, reported_before: float, now: float,
-                      idempotency_window: float) -> int:
+                idempotency_window: float) -> int:
         with self._write():
             rows = self._sql(
                 "SELECT id, state, sent_ts FROM messages WHERE state IN ('sent', 'error') "
@@ -400,15 +399,14 @@ class SqlStore:
     def _remember_sent(self, sent: Sequence[tuple[str, float]]) -> None:
         for chunk in _chunks(sent):
             self._sql(f"INSERT INTO sent_ids (id, sent_ts) VALUES "
-                            f"{_value_rows(len(chunk), 2)} ON CONFLICT (id) DO NOTHING",
+                      f"{_value_rows(len(chunk), 2)} ON CONFLICT (id) DO NOTHING",
                             [v for pair in chunk for v in pair])
 
     def _delete_rows(self, ids: Sequence[str]) -> None:
         for chunk in _chunks(ids):
             self._sql(f"DELETE FROM message_payloads WHERE pk IN (SELECT pk FROM messages "
                       f"WHERE id IN ({_marks(chunk)}))", chunk)
-            self._sql(f"DELETE FROM message_events WHERE message_id IN ({_marks(chunk)})",
-                            chunk)
+            self._sql(f"DELETE FROM message_events WHERE message_id IN ({_marks(chunk)})", chunk)
             self._sql(f"DELETE FROM messages WHERE id IN ({_marks(chunk)})", chunk)
 
     @on_db_thread
