@@ -39,8 +39,10 @@ from gmp_core.models import Message, OutgoingMessage
 
 HERE = Path(__file__).resolve().parent
 TOKEN = "bench-token"
-BODY = ("Dear customer,\n\nyour order has shipped and will arrive within three working "
-        "days. Track it from your account page.\n\nThank you for shopping with us.\n") * 6
+BODY = (
+    "Dear customer,\n\nyour order has shipped and will arrive within three working "
+    "days. Track it from your account page.\n\nThank you for shopping with us.\n"
+) * 6
 
 
 def free_port() -> int:
@@ -50,9 +52,14 @@ def free_port() -> int:
 
 
 def payload(i: int, prefix: str = "m") -> dict[str, Any]:
-    return {"id": f"{prefix}{i}", "account_id": "bench", "from": "Shop <shop@example.com>",
-            "to": [f"customer{i}@example.com"], "subject": f"Your order {i} has shipped",
-            "body": BODY}
+    return {
+        "id": f"{prefix}{i}",
+        "account_id": "bench",
+        "from": "Shop <shop@example.com>",
+        "to": [f"customer{i}@example.com"],
+        "subject": f"Your order {i} has shipped",
+        "body": BODY,
+    }
 
 
 def raw_bytes() -> bytes:
@@ -63,17 +70,22 @@ def raw_bytes() -> bytes:
 
 # ---------------------------------------------------------------------- processes
 
+
 @contextlib.contextmanager
 def smtp_sink(kind: str) -> Iterator[int]:
     port = free_port()
     if kind == "aiosmtpd":
-        proc = subprocess.Popen([sys.executable, str(HERE / "sink.py"), str(port)],
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / "sink.py"), str(port)], stdout=subprocess.PIPE, text=True
+        )
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     else:
         user = "nobody" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
-        proc = subprocess.Popen(["smtp-sink", "-u", user, "-c", f"127.0.0.1:{port}", "1000"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            ["smtp-sink", "-u", user, "-c", f"127.0.0.1:{port}", "1000"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for_port(port)
     try:
         yield port
@@ -100,19 +112,27 @@ class Proxy:
         config = workdir / "plugins.toml"
         config.write_text(
             f'[sql]\nurl = "{workdir / "gmp.db"}"\n'
-            f'[rest]\nport = {self.port}\n'
+            f"[rest]\nport = {self.port}\n"
             f'[token_auth]\napi_token = "{TOKEN}"\n'
-            f'[service]\nmax_concurrent_sends = {max(32, connections)}\n'
-            "batch_size_per_account = 500\n")
+            f"[service]\nmax_concurrent_sends = {max(32, connections)}\n"
+            "batch_size_per_account = 500\n"
+        )
         self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gmp"), "serve", "--config", str(config),
-             "--log-level", "WARNING"], cwd=workdir)
+            [
+                str(Path(sys.executable).parent / "gmp"),
+                "serve",
+                "--config",
+                str(config),
+                "--log-level",
+                "WARNING",
+            ],
+            cwd=workdir,
+        )
         wait_for_port(self.port)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, headers={"X-API-Token": TOKEN},
-                                 timeout=60)
+        return httpx.AsyncClient(base_url=self.url, headers={"X-API-Token": TOKEN}, timeout=60)
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -126,8 +146,9 @@ class Proxy:
 
 
 @contextlib.asynccontextmanager
-async def proxy_for(sink_port: int, connections: int) -> AsyncIterator[tuple[Proxy,
-                                                                             httpx.AsyncClient]]:
+async def proxy_for(
+    sink_port: int, connections: int
+) -> AsyncIterator[tuple[Proxy, httpx.AsyncClient]]:
     """A fresh proxy with the benchmark account, and a client for it."""
     with tempfile.TemporaryDirectory() as tmp:
         proxy = Proxy(Path(tmp), connections)
@@ -146,13 +167,24 @@ async def call(client: httpx.AsyncClient, method: str, path: str, **kwargs: Any)
 
 
 async def setup_account(client: httpx.AsyncClient, sink_port: int, connections: int) -> None:
-    await call(client, "POST", "/account", json={
-        "id": "bench", "host": "127.0.0.1", "port": sink_port, "tls": "none",
-        "max_connections": connections, "batch_size": 500})
+    await call(
+        client,
+        "POST",
+        "/account",
+        json={
+            "id": "bench",
+            "host": "127.0.0.1",
+            "port": sink_port,
+            "tls": "none",
+            "max_connections": connections,
+            "batch_size": 500,
+        },
+    )
 
 
-async def enqueue(client: httpx.AsyncClient, count: int, prefix: str = "m",
-                  batch: int = 1000) -> float:
+async def enqueue(
+    client: httpx.AsyncClient, count: int, prefix: str = "m", batch: int = 1000
+) -> float:
     """Queue ``count`` messages in batches; return messages per second."""
     started = time.perf_counter()
     for first in range(0, count, batch):
@@ -176,8 +208,9 @@ async def wait_until_done(client: httpx.AsyncClient) -> None:
             await asyncio.sleep(0.05)
 
 
-async def deliver_all(client: httpx.AsyncClient, total: int,
-                      sample_every: int | None = None) -> tuple[float, list[float]]:
+async def deliver_all(
+    client: httpx.AsyncClient, total: int, sample_every: int | None = None
+) -> tuple[float, list[float]]:
     """Activate sending and wait until all are sent; messages/s overall and, when asked, per
     ``sample_every`` messages (the sent count sampled once a second)."""
     started = time.perf_counter()
@@ -207,6 +240,7 @@ async def deliver_all(client: httpx.AsyncClient, total: int,
 
 # ---------------------------------------------------------------------- measurements
 
+
 async def raw_ceiling(sink_port: int, connections: int, count: int, mode: str) -> float:
     """Raw aiosmtplib: ``connections`` clients sending ``count`` messages as fast as they can.
 
@@ -215,8 +249,9 @@ async def raw_ceiling(sink_port: int, connections: int, count: int, mode: str) -
     advance (only the SMTP exchange); ``naive``: a fresh ``EmailMessage`` and
     ``send_message`` per mail, as applications usually do.
     """
-    messages = [parse_message(payload(i), default_priority=2, default_account=None)
-                for i in range(count)]
+    messages = [
+        parse_message(payload(i), default_priority=2, default_account=None) for i in range(count)
+    ]
     prebuilt = raw_bytes()
     remaining = iter(messages)
 
@@ -261,7 +296,8 @@ class LeanClient:
         self.writer.write(
             f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Token: {TOKEN}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode()
-            + data)
+            + data
+        )
         head = (await self.reader.readuntil(b"\r\n\r\n")).decode().lower()
         status = int(head.split(" ", 2)[1])
         length = int(head.split("content-length:", 1)[1].split("\r\n", 1)[0])
@@ -277,20 +313,23 @@ async def single_enqueue_latency(port: int, count: int, prefix: str) -> tuple[fl
     samples = []
     for i in range(count):
         started = time.perf_counter()
-        status, _ = await client.post("/commands/add-messages",
-                                      {"messages": [payload(i, prefix)]})
+        status, _ = await client.post("/commands/add-messages", {"messages": [payload(i, prefix)]})
         samples.append(time.perf_counter() - started)
         assert status == 200
     samples.sort()
     return statistics.median(samples) * 1000, samples[int(len(samples) * 0.99)] * 1000
 
 
-async def bench_sink(kind: str, connections: int, count: int, rounds: int,
-                     rows: list[str]) -> None:
+async def bench_sink(kind: str, connections: int, count: int, rounds: int, rows: list[str]) -> None:
     """Raw ceilings and the proxy, ``rounds`` times in turn; the medians (the machine is
     noisy: one run alone moves by 10 % and more)."""
-    results: dict[str, list[float]] = {"built": [], "prebuilt": [], "naive": [], "proxy": [],
-                                       "intake": []}
+    results: dict[str, list[float]] = {
+        "built": [],
+        "prebuilt": [],
+        "naive": [],
+        "proxy": [],
+        "intake": [],
+    }
     with smtp_sink(kind) as sink_port:
         for _ in range(rounds):
             for mode in ("built", "prebuilt", "naive"):
@@ -301,10 +340,12 @@ async def bench_sink(kind: str, connections: int, count: int, rounds: int,
                 results["proxy"].append((await deliver_all(client, count))[0])
     m = {key: statistics.median(values) for key, values in results.items()}
     spread = f"{min(results['proxy']):,.0f}-{max(results['proxy']):,.0f}"
-    rows.append(f"| {kind} | {connections} | {count:,} x {rounds} | {m['intake']:,.0f} | "
-                f"**{m['proxy']:,.0f}** ({spread}) | {m['built']:,.0f} | "
-                f"**{m['proxy'] / m['built']:.0%}** | "
-                f"{m['prebuilt']:,.0f} ({m['proxy'] / m['prebuilt']:.0%}) | {m['naive']:,.0f} |")
+    rows.append(
+        f"| {kind} | {connections} | {count:,} x {rounds} | {m['intake']:,.0f} | "
+        f"**{m['proxy']:,.0f}** ({spread}) | {m['built']:,.0f} | "
+        f"**{m['proxy'] / m['built']:.0%}** | "
+        f"{m['prebuilt']:,.0f} ({m['proxy'] / m['prebuilt']:.0%}) | {m['naive']:,.0f} |"
+    )
 
 
 async def bench_latency(count: int) -> list[str]:
@@ -319,8 +360,10 @@ async def bench_latency(count: int) -> list[str]:
                 if state == "suspended":
                     await call(client, "POST", "/commands/suspend")
                 p50, p99 = await single_enqueue_latency(proxy.port, count, state)
-                rows.append(f"| single enqueue, sending {state} | {count:,} | "
-                            f"**{p50:.2f} ms** | {p99:.2f} ms |")
+                rows.append(
+                    f"| single enqueue, sending {state} | {count:,} | "
+                    f"**{p50:.2f} ms** | {p99:.2f} ms |"
+                )
     return rows
 
 
@@ -338,8 +381,7 @@ async def bench_scale(total: int, connections: int) -> list[str]:
     return [
         f"- {total:,} messages: intake {intake:,.0f} msg/s; delivery {rate:,.0f} msg/s overall",
         f"- delivery rate per tenth of the run (msg/s): {tenths}",
-        f"- single enqueue with {total:,} rows in the table: p50 {p50:.2f} ms, "
-        f"p99 {p99:.2f} ms",
+        f"- single enqueue with {total:,} rows in the table: p50 {p50:.2f} ms, p99 {p99:.2f} ms",
         f"- peak RSS of the proxy process: {rss:.0f} MB",
     ]
 
@@ -349,18 +391,26 @@ async def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--connections", type=int, default=8)
     args = parser.parse_args()
-    count, rounds, scale, latency = ((2000, 1, 10_000, 300) if args.quick
-                                     else (10_000, 3, 100_000, 2000))
+    count, rounds, scale, latency = (
+        (2000, 1, 10_000, 300) if args.quick else (10_000, 3, 100_000, 2000)
+    )
 
-    print(f"Machine: {platform.platform()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}\n")
+    print(
+        f"Machine: {platform.platform()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}\n"
+    )
     latency_rows = await bench_latency(latency)
-    print("| single enqueue | requests | p50 | p99 |\n|---|---|---|---|\n"
-          + "\n".join(latency_rows) + "\n")
-    rows = ["| sink | connections | messages x runs | batch intake msg/s "
-            "| proxy end-to-end msg/s (range) | raw, built per message | proxy / raw "
-            "| raw, prebuilt bytes (proxy / it) | naive EmailMessage |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    print(
+        "| single enqueue | requests | p50 | p99 |\n|---|---|---|---|\n"
+        + "\n".join(latency_rows)
+        + "\n"
+    )
+    rows = [
+        "| sink | connections | messages x runs | batch intake msg/s "
+        "| proxy end-to-end msg/s (range) | raw, built per message | proxy / raw "
+        "| raw, prebuilt bytes (proxy / it) | naive EmailMessage |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     sinks = ["aiosmtpd"] + (["smtp-sink"] if shutil.which("smtp-sink") else [])
     for kind in sinks:
         await bench_sink(kind, args.connections, count, rounds, rows)

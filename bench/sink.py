@@ -1,6 +1,6 @@
 """An aiosmtpd sink in its own process, for benchmarks: accepts and discards every mail.
 
-    python bench/sink.py PORT    # prints "ready" once listening
+python bench/sink.py PORT    # prints "ready" once listening
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ class Discard:
 
 async def main(port: int) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: SMTP(Discard(), hostname="sink"), "127.0.0.1",
-                                      port)
+    server = await loop.create_server(lambda: SMTP(Discard(), hostname="sink"), "127.0.0.1", port)
     print("ready", flush=True)
     async with server:
         await server.serve_forever()

@@ -1,10 +1,10 @@
 """genro-mail-proxy's core. Plugin authors import only from here::
 
-    from gmp_core import hookimpl, SendResult
+from gmp_core import hookimpl, SendResult
 
-    @hookimpl
-    def gmp_register_transports(register, service):
-        register("maildir", MaildirTransport(service.config.section("maildir")))
+@hookimpl
+def gmp_register_transports(register, service):
+    register("maildir", MaildirTransport(service.config.section("maildir")))
 """
 
 import pluggy
@@ -13,9 +13,11 @@ from gmp_core.config import Config, ConfigError, Settings, setting
 from gmp_core.intake import InvalidInput
 from gmp_core.interfaces import (
     AttachmentError,
+    DeliveryReport,
     RateDecision,
     RateLimitPolicy,
     Reporter,
+    ReportReply,
     Transport,
     VolumeBackend,
 )
@@ -53,6 +55,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DeleteResult",
+    "DeliveryReport",
     "EnqueueResult",
     "Event",
     "InvalidInput",
@@ -64,6 +67,7 @@ __all__ = [
     "Principal",
     "RateDecision",
     "RateLimitPolicy",
+    "ReportReply",
     "Reporter",
     "SendResult",
     "Service",

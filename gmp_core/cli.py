@@ -15,8 +15,13 @@ from gmp_core.plugins import describe_plugins, make_plugin_manager
 from gmp_core.service import Service
 
 config_option = click.option(
-    "--config", "-c", "config_path", type=click.Path(dir_okay=False), envvar="GMP_CONFIG",
-    help="plugins.toml to use (default: $GMP_CONFIG, else ./plugins.toml if present)")
+    "--config",
+    "-c",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="GMP_CONFIG",
+    help="plugins.toml to use (default: $GMP_CONFIG, else ./plugins.toml if present)",
+)
 
 
 @click.group()
@@ -30,8 +35,9 @@ def cli() -> None:
 @click.option("--log-level", default="INFO", envvar="GMP_LOG_LEVEL", show_default=True)
 def serve(config_path: str | None, log_level: str) -> None:
     """Run the proxy until SIGTERM or SIGINT, then stop gracefully."""
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     # Their DEBUG lines carry SQL parameters: message bodies, passwords.
     for noisy in ("peewee", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
@@ -67,8 +73,10 @@ def plugins(config_path: str | None, as_json: bool) -> None:
         return
     for info in infos:
         state = "enabled" if info.enabled else "disabled"
-        click.echo(f"{info.name:<14} {state:<9} {info.source:<10} {info.version or '-':<8} "
-                   f"{', '.join(info.hooks) or '-'}")
+        click.echo(
+            f"{info.name:<14} {state:<9} {info.source:<10} {info.version or '-':<8} "
+            f"{', '.join(info.hooks) or '-'}"
+        )
 
 
 @cli.command("check-config")

@@ -29,8 +29,9 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message says which key and why."""
 
 
-def setting(default: Any, *, env: str | None = None, description: str = "",
-            **constraints: Any) -> Any:
+def setting(
+    default: Any, *, env: str | None = None, description: str = "", **constraints: Any
+) -> Any:
     """A settings field; ``env`` names a legacy flat environment variable that also sets it.
     ``constraints`` go to pydantic's ``Field`` (``ge=1``, ``max_length=...``)."""
     extra: dict[str, Any] | None = {"legacy_env": env} if env else None
@@ -52,30 +53,41 @@ class PluginsSettings(Settings):
 class ServiceSettings(Settings):
     """``[service]``: the core's own settings."""
 
-    default_priority: int = setting(2, env="GMP_DEFAULT_PRIORITY",
-                                    description="priority of messages that give none (0-3)")
+    default_priority: int = setting(
+        2, env="GMP_DEFAULT_PRIORITY", description="priority of messages that give none (0-3)"
+    )
     default_account: str | None = setting(None, description="account of messages without one")
     send_loop_interval: float = setting(
-        0.5, env="GMP_SEND_LOOP_INTERVAL",
-        description="longest idle wait before looking for due work again (seconds)")
+        0.5,
+        env="GMP_SEND_LOOP_INTERVAL",
+        description="longest idle wait before looking for due work again (seconds)",
+    )
     batch_size_per_account: int = setting(
-        50, env="GMP_BATCH_SIZE_PER_ACCOUNT",
-        description="most messages of one account claimed at once (account batch_size wins)")
+        50,
+        env="GMP_BATCH_SIZE_PER_ACCOUNT",
+        description="most messages of one account claimed at once (account batch_size wins)",
+    )
     max_concurrent_sends: int = setting(32, description="sends in flight at once, all accounts")
     lease_seconds: float = setting(60.0, description="how long a claim lasts unless renewed")
     retry_delays: list[float] = setting(
-        [60, 300, 900, 3600, 7200], description="back-off after each temporary failure")
-    max_retries: int | None = setting(None, description="retries before giving up "
-                                      "(default: one per retry_delays entry)")
+        [60, 300, 900, 3600, 7200], description="back-off after each temporary failure"
+    )
+    max_retries: int | None = setting(
+        None, description="retries before giving up (default: one per retry_delays entry)"
+    )
     shutdown_timeout: float = setting(30.0, description="how long SIGTERM waits for sends")
     max_messages_per_call: int = setting(1000, description="messages per add-messages call")
-    idempotency_window_seconds: int = setting(30 * 86400,
-                                              description="how long a sent id stays 'already sent'")
+    idempotency_window_seconds: int = setting(
+        30 * 86400, description="how long a sent id stays 'already sent'"
+    )
     delivery_report_retention_seconds: int = setting(
-        7 * 86400, env="GMP_DELIVERY_REPORT_RETENTION_SECONDS",
-        description="how long reported final messages are kept")
+        7 * 86400,
+        env="GMP_DELIVERY_REPORT_RETENTION_SECONDS",
+        description="how long reported final messages are kept",
+    )
     message_id_domain: str | None = setting(
-        None, description="domain of generated Message-IDs (default: the sender's)")
+        None, description="domain of generated Message-IDs (default: the sender's)"
+    )
 
     @field_validator("default_priority")
     @classmethod
@@ -115,8 +127,9 @@ class Config:
         self.service = typing.cast(ServiceSettings, self.register("service", ServiceSettings))
 
     @classmethod
-    def load(cls, path: str | Path | None = None,
-             environ: Mapping[str, str] | None = None) -> Config:
+    def load(
+        cls, path: str | Path | None = None, environ: Mapping[str, str] | None = None
+    ) -> Config:
         """Read ``path``, else ``$GMP_CONFIG``, else ``./plugins.toml`` if it exists."""
         env = os.environ if environ is None else environ
         explicit = path or env.get("GMP_CONFIG")

@@ -113,8 +113,11 @@ class Dispatcher:
             for task in late:  # left to their leases: the next claimant sends them
                 task.cancel()
             if late:
-                log.warning("%d sends did not finish within %.0fs; their leases will expire",
-                            len(late), timeout)
+                log.warning(
+                    "%d sends did not finish within %.0fs; their leases will expire",
+                    len(late),
+                    timeout,
+                )
         # The recorder and lease keeper end on their own rather than being cancelled, so that
         # neither is ever interrupted half-way through a store call.
         await self._recorder.close()
@@ -148,7 +151,10 @@ class Dispatcher:
             return False  # wait for the pipeline to half-empty: claims stay batched
         now = time.time()
         claims = await self.service.store.claim(
-            self.worker, now, limit=limit, max_priority=max_priority,
+            self.worker,
+            now,
+            limit=limit,
+            max_priority=max_priority,
             lease_seconds=self.settings.lease_seconds,
             default_batch_size=self.settings.batch_size_per_account,
         )
@@ -188,15 +194,20 @@ class Dispatcher:
                 self._finish_all(group, SendResult.failed("account not found", temporary=False))
                 continue
             if account.transport not in self.service.transports:
-                self._finish_all(group, SendResult.failed(
-                    f"no transport named {account.transport!r} is enabled", temporary=True))
+                self._finish_all(
+                    group,
+                    SendResult.failed(
+                        f"no transport named {account.transport!r} is enabled", temporary=True
+                    ),
+                )
                 continue
             allowed = await self._apply_rate_limits(account, group, now)
             if allowed:
                 self._lane(account).push(allowed)
 
-    async def _apply_rate_limits(self, account: Account, group: list[Claim],
-                                 now: float) -> list[Claim]:
+    async def _apply_rate_limits(
+        self, account: Account, group: list[Claim], now: float
+    ) -> list[Claim]:
         decision = RateDecision(allowed=len(group))
         for name, policy in self.service.rate_limit_policies.items():
             try:
@@ -206,21 +217,43 @@ class Dispatcher:
                 verdict = RateDecision(0, [now + self.settings.retry_delays[0]] * len(group))
             if verdict.allowed < decision.allowed or verdict.reject:
                 decision = verdict
-        held_back = group[decision.allowed:]
-        for claim, retry_at in zip(held_back, _pad(decision.retry_at, len(held_back), now),
-                                   strict=True):
+        held_back = group[decision.allowed :]
+        for claim, retry_at in zip(
+            held_back, _pad(decision.retry_at, len(held_back), now), strict=True
+        ):
             message = claim.message
             if decision.reject:
-                event = Event("error", message.id, message.account_id, now, code=429,
-                              detail="rate_limit_exceeded")
-                outcome = Outcome(message.id, State.ERROR, event, attempts=claim.attempts,
-                                  error="rate_limit_exceeded")
+                event = Event(
+                    "error",
+                    message.id,
+                    message.account_id,
+                    now,
+                    code=429,
+                    detail="rate_limit_exceeded",
+                )
+                outcome = Outcome(
+                    message.id,
+                    State.ERROR,
+                    event,
+                    attempts=claim.attempts,
+                    error="rate_limit_exceeded",
+                )
             else:
-                event = Event("deferred", message.id, message.account_id, now,
-                              detail="rate limited", data={"reason": "rate_limit",
-                                                           "retry_at": retry_at})
-                outcome = Outcome(message.id, State.SCHEDULED, event, deferred_ts=retry_at,
-                                  attempts=claim.attempts)
+                event = Event(
+                    "deferred",
+                    message.id,
+                    message.account_id,
+                    now,
+                    detail="rate limited",
+                    data={"reason": "rate_limit", "retry_at": retry_at},
+                )
+                outcome = Outcome(
+                    message.id,
+                    State.SCHEDULED,
+                    event,
+                    deferred_ts=retry_at,
+                    attempts=claim.attempts,
+                )
             self._recorder.add([outcome])
         return group[: decision.allowed]
 
@@ -241,8 +274,9 @@ class Dispatcher:
         """One attempt for one message; None when its lease ran out before it started."""
         margin = min(LEASE_SAFETY_MARGIN, self.settings.lease_seconds / 10)
         if time.time() > claim.lease_until - margin:
-            log.warning("lease of %s ran out before sending; leaving it to the next claim",
-                        claim.message.id)
+            log.warning(
+                "lease of %s ran out before sending; leaving it to the next claim", claim.message.id
+            )
             self._held.pop(claim.message.id, None)
             return None
         outgoing = OutgoingMessage(claim.message, attempt=claim.attempts + 1)
@@ -252,8 +286,9 @@ class Dispatcher:
             result = SendResult.failed(str(exc), temporary=exc.temporary)
         except Exception as exc:  # a bug in a plugin or in building: retry, never lose
             log.exception("sending %s failed unexpectedly", claim.message.id)
-            result = SendResult.failed(f"internal error: {type(exc).__name__}: {exc}",
-                                       temporary=True)
+            result = SendResult.failed(
+                f"internal error: {type(exc).__name__}: {exc}", temporary=True
+            )
         return self.outcome_of(claim, result, time.time())
 
     async def _attempt(self, outgoing: OutgoingMessage, account: Account) -> SendResult:
@@ -264,18 +299,23 @@ class Dispatcher:
             outgoing.data = build_mime(outgoing, attachments)
         return await service.transports[account.transport].send(outgoing, account)
 
-    async def _read_attachments(self, attachments: Sequence[Attachment],
-                                account: Account) -> list[tuple[Attachment, bytes]]:
+    async def _read_attachments(
+        self, attachments: Sequence[Attachment], account: Account
+    ) -> list[tuple[Attachment, bytes]]:
         if not attachments:
             return []
         volumes = self.service.volumes
         for attachment in attachments:
             volume = volumes.get(attachment.volume)
             if volume is None or not volume.accepts(account.id):
-                raise AttachmentError(f"attachment {attachment.filename!r}: volume "
-                                      f"{attachment.volume!r} is not available", temporary=False)
-        contents = await asyncio.gather(*(
-            volumes[a.volume].read(a.subpath, account.id) for a in attachments))
+                raise AttachmentError(
+                    f"attachment {attachment.filename!r}: volume "
+                    f"{attachment.volume!r} is not available",
+                    temporary=False,
+                )
+        contents = await asyncio.gather(
+            *(volumes[a.volume].read(a.subpath, account.id) for a in attachments)
+        )
         return list(zip(attachments, contents, strict=True))
 
     def outcome_of(self, claim: Claim, result: SendResult, now: float) -> Outcome:
@@ -283,23 +323,49 @@ class Dispatcher:
         message, attempts = claim.message, claim.attempts
         if result.accepted:
             data = {"refused": result.refused} if result.refused else {}
-            event = Event("sent", message.id, message.account_id, now, code=result.code,
-                          detail=result.detail, data=data)
+            event = Event(
+                "sent",
+                message.id,
+                message.account_id,
+                now,
+                code=result.code,
+                detail=result.detail,
+                data=data,
+            )
             return Outcome(message.id, State.SENT, event, attempts=attempts)
         attempts += 1
         text = f"{result.code} {result.detail}" if result.code else result.detail
         if result.temporary and attempts <= self.settings.retries_allowed:
             delays = self.settings.retry_delays
             retry_at = now + delays[min(attempts, len(delays)) - 1]
-            event = Event("deferred", message.id, message.account_id, now, code=result.code,
-                          detail=result.detail, data={"reason": "temporary failure",
-                                                      "retry_at": retry_at, "attempt": attempts})
-            return Outcome(message.id, State.SCHEDULED, event, deferred_ts=retry_at,
-                           attempts=attempts, error=text)
+            event = Event(
+                "deferred",
+                message.id,
+                message.account_id,
+                now,
+                code=result.code,
+                detail=result.detail,
+                data={"reason": "temporary failure", "retry_at": retry_at, "attempt": attempts},
+            )
+            return Outcome(
+                message.id,
+                State.SCHEDULED,
+                event,
+                deferred_ts=retry_at,
+                attempts=attempts,
+                error=text,
+            )
         if result.temporary:
             text = f"gave up after {attempts} attempts: {text}"
-        event = Event("error", message.id, message.account_id, now, code=result.code,
-                      detail=text, data={"refused": result.refused} if result.refused else {})
+        event = Event(
+            "error",
+            message.id,
+            message.account_id,
+            now,
+            code=result.code,
+            detail=text,
+            data={"refused": result.refused} if result.refused else {},
+        )
         return Outcome(message.id, State.ERROR, event, attempts=attempts, error=text)
 
     def recorded(self, outcomes: Sequence[Outcome]) -> None:
@@ -340,8 +406,7 @@ class AccountLane:
         for claim in claims:
             heapq.heappush(self._heap, (claim.message.priority, claim.seq, claim))
         while len(self.workers) < min(self.account.max_connections, len(self._heap)):
-            self.workers.add(asyncio.create_task(self._work(),
-                                                 name=f"gmp-send-{self.account.id}"))
+            self.workers.add(asyncio.create_task(self._work(), name=f"gmp-send-{self.account.id}"))
 
     def take_all(self) -> list[Claim]:
         claims = [claim for _, _, claim in self._heap]
@@ -422,8 +487,9 @@ class Recorder:
             self._full.clear()
             batch, self._pending = self._pending, []
             try:
-                applied = set(await service.store.record(self.dispatcher.worker, batch,
-                                                         time.time()))
+                applied = set(
+                    await service.store.record(self.dispatcher.worker, batch, time.time())
+                )
             except Exception:
                 log.exception("recording %d outcomes failed; retrying", len(batch))
                 self._pending[:0] = batch
@@ -432,8 +498,9 @@ class Recorder:
                 continue
             self.heartbeat = time.time()
             self.dispatcher.recorded(batch)
-            await service.notify_events(o.event for o in batch
-                                        if o.event is not None and o.message_id in applied)
+            await service.notify_events(
+                o.event for o in batch if o.event is not None and o.message_id in applied
+            )
             if not self._pending:
                 self._idle.set()
 

@@ -49,9 +49,7 @@ def gmp_make_store(config: Config) -> Store | None:
 
 
 @hookspec
-def gmp_register_transports(
-    register: Callable[[str, Transport], None], service: Service
-) -> None:
+def gmp_register_transports(register: Callable[[str, Transport], None], service: Service) -> None:
     """Register delivery transports by name: ``register("smtp", SmtpTransport(...))``.
 
     An account's ``transport`` field names the transport that delivers its messages."""
@@ -76,10 +74,10 @@ def gmp_register_rate_limit_policies(
 
 
 @hookspec
-def gmp_register_reporters(
-    register: Callable[[str, Reporter], None], service: Service
-) -> None:
-    """Register delivery reporters (``async report(events) -> acknowledged ids``)."""
+def gmp_register_reporters(register: Callable[[str, Reporter], None], service: Service) -> None:
+    """Register delivery reporters by name. The core's reporter loop gives each one, on its own,
+    batches of :class:`~gmp_core.interfaces.DeliveryReport` (``async report(reports) ->
+    ReportReply``) and marks a batch reported for that reporter only when it acknowledges."""
 
 
 @hookspec(firstresult=True)

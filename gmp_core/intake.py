@@ -84,10 +84,24 @@ class AccountIn(BaseModel):
 # ---------------------------------------------------------------- messages
 
 # Headers the proxy writes itself: a client may not set or override them.
-RESERVED_HEADERS = frozenset({
-    "from", "to", "cc", "bcc", "reply-to", "subject", "date", "message-id", "x-gmp-id",
-    "mime-version", "content-type", "content-transfer-encoding", "return-path", "sender",
-})
+RESERVED_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "reply-to",
+        "subject",
+        "date",
+        "message-id",
+        "x-gmp-id",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+        "return-path",
+        "sender",
+    }
+)
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 field name: printable ASCII but ':'
 _CONTROL = re.compile(r"[\r\n\x00]")
 
@@ -101,8 +115,9 @@ def parse_priority(value: int | str | None) -> int | None:
         if label in PRIORITY_LABELS:
             return PRIORITY_LABELS[label]
         if not label.isdigit():
-            raise InvalidInput(f"invalid priority: {value!r} (use 0-3 or "
-                               "immediate|high|medium|low)")
+            raise InvalidInput(
+                f"invalid priority: {value!r} (use 0-3 or immediate|high|medium|low)"
+            )
         value = int(label)
     if not 0 <= value <= 3:
         raise InvalidInput(f"invalid priority: {value} (use 0-3)")
@@ -226,7 +241,8 @@ _PLAIN_ADDR_SPEC = re.compile(
     r"(?=.{3,254}$)(?=[^@]{1,64}@)"
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
-    r"[A-Za-z0-9])?)*")
+    r"[A-Za-z0-9])?)*"
+)
 
 
 def _valid_addr_spec(addr: str) -> bool:
@@ -238,8 +254,9 @@ def _valid_unusual_addr_spec(addr: str) -> bool:
     """Quoted local parts, internationalised addresses, literals: email-validator decides
     (syntax only, no DNS; intranet domains without a dot are fine for a relay)."""
     try:
-        validate_email(addr, check_deliverability=False, globally_deliverable=False,
-                       allow_domain_literal=True)
+        validate_email(
+            addr, check_deliverability=False, globally_deliverable=False, allow_domain_literal=True
+        )
     except EmailNotValidError:
         return False
     return True
@@ -274,14 +291,16 @@ def _attachment(item: AttachmentIn) -> Attachment:
         raise InvalidInput("invalid attachments: filename is empty")
     volume, sep, subpath = item.storage_path.partition(":")
     if not sep or not volume or not subpath:
-        raise InvalidInput(f"invalid storage_path: {item.storage_path[:80]!r} "
-                           "(expected volume:subpath)")
+        raise InvalidInput(
+            f"invalid storage_path: {item.storage_path[:80]!r} (expected volume:subpath)"
+        )
     if item.mime_type is not None and not re.fullmatch(r"[\w.+-]+/[\w.+-]+", item.mime_type):
         raise InvalidInput(f"invalid mime_type: {item.mime_type!r}")
     return Attachment(item.filename, item.storage_path, item.mime_type)
 
 
 # ---------------------------------------------------------------- accounts
+
 
 def parse_account(item: Any) -> Account:
     """Validate a ``POST /account`` payload into an :class:`Account`."""

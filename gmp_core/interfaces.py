@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from gmp_core.models import Account, Event, OutgoingMessage, SendResult
+from gmp_core.models import Account, OutgoingMessage, SendResult
 
 
 @runtime_checkable
@@ -71,8 +71,66 @@ class RateLimitPolicy(Protocol):
         ...
 
 
+@dataclass(slots=True)
+class DeliveryReport:
+    """One reported event: a final outcome (``sent``, ``error``) or a deferral.
+
+    ``as_item()`` gives the ``proxy_sync`` wire shape (SPEC §4), keeping the original field names.
+    ``event_id`` orders reports; clients deduplicate by ``id`` (delivery is at least once).
+    """
+
+    event_id: int
+    id: str
+    account_id: str | None
+    priority: int | None
+    status: str  # sent | error | deferred
+    ts: float
+    error: str | None = None
+    error_code: int | None = None
+    deferred_ts: float | None = None
+    refused: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_item(self) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "id": self.id,
+            "account_id": self.account_id,
+            "priority": self.priority,
+            "status": self.status,
+            "sent_ts": self.ts if self.status == "sent" else None,
+            "error_ts": self.ts if self.status == "error" else None,
+            "error": self.error,
+            "error_code": self.error_code,
+            "deferred_ts": self.deferred_ts,
+        }
+        if self.refused:
+            item["refused"] = self.refused
+        return item
+
+
+@dataclass(slots=True)
+class ReportReply:
+    """The client's answer to one batch of reports.
+
+    Only ``acknowledged`` batches are marked reported; anything else is sent again later, with
+    back-off. ``more_now`` asks for the next batch at once (proxy_sync ``queued``);
+    ``not_before`` (unix seconds) asks not to be called before then (``next_sync_after``).
+    """
+
+    acknowledged: bool
+    more_now: bool = False
+    not_before: float | None = None
+
+
 @runtime_checkable
 class Reporter(Protocol):
-    async def report(self, events: Sequence[Event]) -> Sequence[str]:
-        """Deliver events to the client; return the message ids acknowledged."""
+    """Delivers reports to a client. Each reporter acknowledges independently of the others."""
+
+    report_deferred: bool  # also receive deferrals, not only final outcomes
+
+    async def report(self, reports: Sequence[DeliveryReport]) -> ReportReply:
+        """Deliver one batch (empty: a heartbeat). Raising counts as not acknowledged."""
+        ...
+
+    async def close(self) -> None:
+        """Shut down (close HTTP clients)."""
         ...

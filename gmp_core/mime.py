@@ -31,8 +31,11 @@ class _Policy(Compat32):
     encodes an ``email.header.Header`` for every header, a third of the cost of a mail."""
 
     def _fold(self, name: str, value: object, sanitize: bool) -> str:
-        if isinstance(value, str) and value.isascii() and \
-                len(name) + len(value) + 2 <= (self.max_line_length or 78):
+        if (
+            isinstance(value, str)
+            and value.isascii()
+            and len(name) + len(value) + 2 <= (self.max_line_length or 78)
+        ):
             return f"{name}: {value}{self.linesep}"
         folded: str = super()._fold(name, value, sanitize)  # type: ignore[misc]
         return folded
@@ -52,12 +55,14 @@ def build_mime(
     body = _text_part(message.body, "html" if message.content_type == "html" else "plain")
     if message.html is not None and message.content_type == "plain":
         root: MIMENonMultipart | MIMEMultipart = MIMEMultipart(
-            "alternative", _subparts=[body, _text_part(message.html, "html")], policy=POLICY)
+            "alternative", _subparts=[body, _text_part(message.html, "html")], policy=POLICY
+        )
     else:
         root = body
     if attachments:
-        root = MIMEMultipart("mixed", _subparts=[root, *map(_attachment_part, attachments)],
-                             policy=POLICY)
+        root = MIMEMultipart(
+            "mixed", _subparts=[root, *map(_attachment_part, attachments)], policy=POLICY
+        )
 
     root["Date"] = email.utils.formatdate(date, usegmt=True)
     root["From"] = _address(message.sender)

@@ -88,13 +88,22 @@ class Message:
         ``dataclasses.asdict`` deep-copies every value and was the costliest step of intake.)
         """
         return {
-            "sender": self.sender, "to": self.to, "cc": self.cc, "bcc": self.bcc,
-            "reply_to": self.reply_to, "return_path": self.return_path,
-            "subject": self.subject, "body": self.body, "content_type": self.content_type,
-            "html": self.html, "headers": self.headers, "message_id": self.message_id,
+            "sender": self.sender,
+            "to": self.to,
+            "cc": self.cc,
+            "bcc": self.bcc,
+            "reply_to": self.reply_to,
+            "return_path": self.return_path,
+            "subject": self.subject,
+            "body": self.body,
+            "content_type": self.content_type,
+            "html": self.html,
+            "headers": self.headers,
+            "message_id": self.message_id,
             "attachments": [
-                {"filename": a.filename, "storage_path": a.storage_path,
-                 "mime_type": a.mime_type} for a in self.attachments],
+                {"filename": a.filename, "storage_path": a.storage_path, "mime_type": a.mime_type}
+                for a in self.attachments
+            ],
         }
 
     @classmethod
@@ -162,8 +171,11 @@ class Account:
     @property
     def rate_limits(self) -> list[tuple[int, int]]:
         """``(window_seconds, limit)`` for every limit that is set."""
-        pairs = ((60, self.limit_per_minute), (3600, self.limit_per_hour),
-                 (86400, self.limit_per_day))
+        pairs = (
+            (60, self.limit_per_minute),
+            (3600, self.limit_per_hour),
+            (86400, self.limit_per_day),
+        )
         return [(window, limit) for window, limit in pairs if limit]
 
     def public(self) -> dict[str, Any]:

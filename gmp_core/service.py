@@ -41,8 +41,10 @@ class AccountBusy(Exception):
     """The account still has unsent messages (delete with ``force`` to end them)."""
 
     def __init__(self, unsent: int) -> None:
-        super().__init__(f"account has {unsent} unsent messages; use force=true to delete "
-                         "it anyway (they end as error 'account deleted')")
+        super().__init__(
+            f"account has {unsent} unsent messages; use force=true to delete "
+            "it anyway (they end as error 'account deleted')"
+        )
         self.unsent = unsent
 
 
@@ -66,7 +68,8 @@ class Service:
     ) -> None:
         self.config = config
         self.pm: pluggy.PluginManager = make_plugin_manager(
-            config.disabled_plugins, load_entrypoints=load_entrypoints, extra_plugins=plugins)
+            config.disabled_plugins, load_entrypoints=load_entrypoints, extra_plugins=plugins
+        )
         self.pm.hook.gmp_register_settings(register=config.register)
         self.state: dict[str, Any] = {}  # per-instance state of plugins, by plugin name
         self.transports: dict[str, Transport] = {}
@@ -124,19 +127,22 @@ class Service:
             raise
         self._dispatcher.start()
         self.started_at = time.time()
-        log.info("genro-mail-proxy started (worker %s, sending %s)", self._dispatcher.worker,
-                 "active" if self.active else "suspended")
+        log.info(
+            "genro-mail-proxy started (worker %s, sending %s)",
+            self._dispatcher.worker,
+            "active" if self.active else "suspended",
+        )
 
     def _collect_plugin_objects(self) -> None:
         hook = self.pm.hook
-        hook.gmp_register_transports(register=_registrar(self.transports, "transport"),
-                                     service=self)
-        hook.gmp_register_volume_backends(register=_registrar(self.volumes, "volume"),
-                                          service=self)
+        hook.gmp_register_transports(
+            register=_registrar(self.transports, "transport"), service=self
+        )
+        hook.gmp_register_volume_backends(register=_registrar(self.volumes, "volume"), service=self)
         hook.gmp_register_rate_limit_policies(
-            register=_registrar(self.rate_limit_policies, "rate-limit policy"), service=self)
-        hook.gmp_register_reporters(register=_registrar(self.reporters, "reporter"),
-                                    service=self)
+            register=_registrar(self.rate_limit_policies, "rate-limit policy"), service=self
+        )
+        hook.gmp_register_reporters(register=_registrar(self.reporters, "reporter"), service=self)
 
     async def stop(self) -> None:
         """Graceful stop: no new claims, sends in flight finish (bounded by
@@ -180,8 +186,10 @@ class Service:
             "active": self.active,
             "queue": await self.store.queue_counts(),
             "in_hand": dispatcher.in_hand,
-            "heartbeats": {"dispatcher": dispatcher.heartbeat,
-                           "recorder": dispatcher._recorder.heartbeat},
+            "heartbeats": {
+                "dispatcher": dispatcher.heartbeat,
+                "recorder": dispatcher._recorder.heartbeat,
+            },
             "started_at": self.started_at,
             "worker": dispatcher.worker,
         }
@@ -191,7 +199,8 @@ class Service:
         the header names lower-cased."""
         lowered = {name.lower(): value for name, value in headers.items()}
         principal: Principal | None = self.pm.hook.gmp_authenticate(
-            headers=lowered, config=self.config)
+            headers=lowered, config=self.config
+        )
         return principal
 
     # ------------------------------------------------------------------ messages
@@ -203,8 +212,9 @@ class Service:
         if not isinstance(items, list):
             raise InvalidInput("messages must be a list")
         if len(items) > settings.max_messages_per_call:
-            raise InvalidInput(f"Cannot enqueue more than {settings.max_messages_per_call} "
-                               "messages at once")
+            raise InvalidInput(
+                f"Cannot enqueue more than {settings.max_messages_per_call} messages at once"
+            )
         try:
             batch_priority = parse_priority(default_priority)
         except InvalidInput as exc:
@@ -215,9 +225,12 @@ class Service:
         parsed: dict[str, Message] = {}  # by id: a later copy in the batch replaces an earlier
         for item in items:
             try:
-                message = parse_message(item, default_priority=priority,
-                                        default_account=settings.default_account,
-                                        message_id_domain=settings.message_id_domain)
+                message = parse_message(
+                    item,
+                    default_priority=priority,
+                    default_account=settings.default_account,
+                    message_id_domain=settings.message_id_domain,
+                )
                 self._check_volumes(message)
             except InvalidInput as exc:
                 rejected.append(Rejection(_item_id(item), str(exc)))
@@ -234,8 +247,9 @@ class Service:
                 rejected.append(Rejection(message.id, "account not found"))
 
         now = time.time()
-        events = [Event("queued", m.id, m.account_id, now, data={"priority": m.priority})
-                  for m in valid]
+        events = [
+            Event("queued", m.id, m.account_id, now, data={"priority": m.priority}) for m in valid
+        ]
         result = await self.store.enqueue(valid, events, now, settings.idempotency_window_seconds)
         rejected.extend(Rejection(id_, reason) for id_, reason in result.refused.items())
         if result.queued:
@@ -243,8 +257,9 @@ class Service:
             self.dispatcher.wake(urgent=urgent)
         queued = set(result.queued)
         await self.notify_events(e for e in events if e.message_id in queued)
-        await self.notify_events(Event("rejected", r.id or "", None, now, detail=r.reason)
-                                 for r in rejected)
+        await self.notify_events(
+            Event("rejected", r.id or "", None, now, detail=r.reason) for r in rejected
+        )
         return AddResult(queued=len(result.queued), rejected=rejected)
 
     def _check_volumes(self, message: Message) -> None:
@@ -253,14 +268,21 @@ class Service:
             if volume is None:
                 raise InvalidInput(f"unknown volume in storage_path: {attachment.volume}")
             if not volume.accepts(message.account_id):
-                raise InvalidInput("volume not allowed for this account: "
-                                   f"{attachment.storage_path[:200]}")
+                raise InvalidInput(
+                    f"volume not allowed for this account: {attachment.storage_path[:200]}"
+                )
 
-    async def list_messages(self, *, status: str | None = None, account_id: str | None = None,
-                            limit: int = 100, cursor: int | None = None,
-                            ) -> tuple[list[MessageRecord], int | None]:
-        return await self.store.list_messages(status=status, account_id=account_id,
-                                              limit=limit, cursor=cursor)
+    async def list_messages(
+        self,
+        *,
+        status: str | None = None,
+        account_id: str | None = None,
+        limit: int = 100,
+        cursor: int | None = None,
+    ) -> tuple[list[MessageRecord], int | None]:
+        return await self.store.list_messages(
+            status=status, account_id=account_id, limit=limit, cursor=cursor
+        )
 
     async def get_message(self, message_id: str) -> tuple[MessageRecord, list[Event]]:
         found = await self.store.get_message(message_id)
@@ -273,8 +295,11 @@ class Service:
 
     async def cleanup_messages(self, older_than_seconds: float | None = None) -> int:
         settings = self.config.service
-        age = settings.delivery_report_retention_seconds if older_than_seconds is None \
+        age = (
+            settings.delivery_report_retention_seconds
+            if older_than_seconds is None
             else max(0.0, older_than_seconds)
+        )
         now = time.time()
         return await self.store.cleanup(now - age, now, settings.idempotency_window_seconds)
 
@@ -354,6 +379,7 @@ def _registrar(registry: dict[str, T], kind: str) -> Callable[[str, T], None]:
         if name in registry:
             raise ConfigError(f"two plugins register a {kind} named {name!r}")
         registry[name] = obj
+
     return register
 
 

@@ -84,23 +84,35 @@ class Store(Protocol):
         ...
 
     # intake ------------------------------------------------------------------------------
-    async def enqueue(self, messages: Sequence[Message], events: Sequence[Event],
-                      now: float, idempotency_window: float) -> EnqueueResult:
+    async def enqueue(
+        self,
+        messages: Sequence[Message],
+        events: Sequence[Event],
+        now: float,
+        idempotency_window: float,
+    ) -> EnqueueResult:
         """Insert new ids; replace unsent ones in place (they keep their queue position);
         refuse ids being sent ("in flight") or sent within the window ("already sent").
         ``events`` are written for the ids that were queued."""
         ...
 
     # dispatch ----------------------------------------------------------------------------
-    async def claim(self, worker: str, now: float, *, limit: int, lease_seconds: float,
-                    default_batch_size: int, max_priority: int = 3) -> list[Claim]:
+    async def claim(
+        self,
+        worker: str,
+        now: float,
+        *,
+        limit: int,
+        lease_seconds: float,
+        default_batch_size: int,
+        max_priority: int = 3,
+    ) -> list[Claim]:
         """Take up to ``limit`` due messages, priority first then arrival, at most an account's
         ``batch_size`` of each account. Due means: queued, scheduled with ``deferred_ts`` in the
         past, or sending with an expired lease."""
         ...
 
-    async def renew_leases(self, worker: str, ids: Sequence[str], lease_until: float) -> None:
-        ...
+    async def renew_leases(self, worker: str, ids: Sequence[str], lease_until: float) -> None: ...
 
     async def record(self, worker: str, outcomes: Sequence[Outcome], now: float) -> list[str]:
         """Write outcomes and their events in one transaction; return the ids applied. An
@@ -113,8 +125,9 @@ class Store(Protocol):
         ...
 
     # rate limits -------------------------------------------------------------------------
-    async def reserve_sends(self, account_id: str, limits: Sequence[tuple[int, int]],
-                            wanted: int, now: float) -> tuple[int, list[float]]:
+    async def reserve_sends(
+        self, account_id: str, limits: Sequence[tuple[int, int]], wanted: int, now: float
+    ) -> tuple[int, list[float]]:
         """Atomically reserve up to ``wanted`` sends within every ``(window_seconds, limit)``
         sliding window. Return how many were granted and, for each one refused, when a slot
         frees up."""
@@ -127,26 +140,23 @@ class Store(Protocol):
 
     async def list_accounts(self) -> list[Account]: ...
 
-    async def delete_account(self, account_id: str, *, force: bool,
-                             now: float) -> AccountDeletion:
+    async def delete_account(self, account_id: str, *, force: bool, now: float) -> AccountDeletion:
         """Delete the account. Without ``force``, refuse while it has unsent messages; with
         it, end those not being sent as ``error`` "account deleted" (events written too)."""
         ...
 
     # admin -------------------------------------------------------------------------------
-    async def list_messages(self, *, status: str | None, account_id: str | None,
-                            limit: int, cursor: int | None) -> tuple[list[MessageRecord],
-                                                                      int | None]:
+    async def list_messages(
+        self, *, status: str | None, account_id: str | None, limit: int, cursor: int | None
+    ) -> tuple[list[MessageRecord], int | None]:
         """A page of messages in arrival order, and the cursor of the next page."""
         ...
 
-    async def get_message(self, message_id: str) -> tuple[MessageRecord, list[Event]] | None:
-        ...
+    async def get_message(self, message_id: str) -> tuple[MessageRecord, list[Event]] | None: ...
 
     async def delete_messages(self, ids: Sequence[str]) -> DeleteResult: ...
 
-    async def cleanup(self, reported_before: float, now: float,
-                      idempotency_window: float) -> int:
+    async def cleanup(self, reported_before: float, now: float, idempotency_window: float) -> int:
         """Remove reported final messages reported before the given time; sent ids are kept
         as tombstones for the idempotency window. Returns how many rows went."""
         ...

@@ -86,8 +86,8 @@ class SmtpSink:
         """Listen (again, on the same port after :meth:`stop`, unless told otherwise)."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._protocol, self.host, self.port if port is None else port,
-            ssl=self._implicit_tls)
+            self._protocol, self.host, self.port if port is None else port, ssl=self._implicit_tls
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -124,15 +124,21 @@ class SmtpSink:
         self.connections += 1
         authenticate = self._authenticate if self._credentials is not None else None
         protocol = _TrackedSMTP(
-            self, hostname="sink.test", tls_context=self._tls_context,
-            require_starttls=self._require_starttls, enable_SMTPUTF8=self._smtputf8,
-            authenticator=authenticate, auth_required=authenticate is not None,
+            self,
+            hostname="sink.test",
+            tls_context=self._tls_context,
+            require_starttls=self._require_starttls,
+            enable_SMTPUTF8=self._smtputf8,
+            authenticator=authenticate,
+            auth_required=authenticate is not None,
             auth_require_tls=self._tls_context is not None or self._implicit_tls is not None,
-            data_size_limit=None)
+            data_size_limit=None,
+        )
         return protocol
 
-    def _authenticate(self, server: SMTP, session: Session, envelope: Envelope,
-                      mechanism: str, auth_data: Any) -> AuthResult:
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
         assert self._credentials is not None
         if isinstance(auth_data, LoginPassword):
             user, password = auth_data.login.decode(), auth_data.password.decode()
@@ -141,8 +147,14 @@ class SmtpSink:
                 return AuthResult(success=True)
         return AuthResult(success=False, handled=False)
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
         reply = self.rcpt_replies.get(address)
         if reply is not None:
             return reply

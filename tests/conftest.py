@@ -50,5 +50,3 @@ async def service(make_service: ServiceFactory, sink: SmtpSink) -> Service:
     svc = await make_service()
     await svc.put_account(account(sink))
     return svc
-
-

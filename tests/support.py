@@ -29,11 +29,16 @@ class EventLog:
             self.events.append(event)
             self._changed.notify_all()
 
-    async def wait(self, kind: str, message_id: str | None = None, *, count: int = 1,
-                   timeout: float = 15.0) -> list[Event]:
+    async def wait(
+        self, kind: str, message_id: str | None = None, *, count: int = 1, timeout: float = 15.0
+    ) -> list[Event]:
         def matching() -> list[Event]:
-            return [e for e in self.events if e.kind == kind
-                    and (message_id is None or e.message_id == message_id)]
+            return [
+                e
+                for e in self.events
+                if e.kind == kind and (message_id is None or e.message_id == message_id)
+            ]
+
         async with asyncio.timeout(timeout), self._changed:
             await self._changed.wait_for(lambda: len(matching()) >= count)
         return matching()
@@ -47,8 +52,12 @@ def base_tables(tmp_path: Path) -> dict[str, Any]:
     return {
         "plugins": {"disable": ["rest"]},
         "sql": {"url": str(tmp_path / "gmp.db")},
-        "service": {"send_loop_interval": 0.05, "retry_delays": [0.1, 0.1, 0.1],
-                    "lease_seconds": 5, "shutdown_timeout": 5},
+        "service": {
+            "send_loop_interval": 0.05,
+            "retry_delays": [0.1, 0.1, 0.1],
+            "lease_seconds": 5,
+            "shutdown_timeout": 5,
+        },
         "smtp": {"connect_timeout": 2, "command_timeout": 5},
     }
 
@@ -65,9 +74,15 @@ def account(sink: SmtpSink, id: str = "acc", **fields: Any) -> dict[str, Any]:
 
 
 def message(id: str, **fields: Any) -> dict[str, Any]:
-    return {"id": id, "account_id": "acc", "from": "Sender <sender@example.com>",
-            "to": ["rcpt@example.com"], "subject": f"subject {id}", "body": f"body {id}",
-            **fields}
+    return {
+        "id": id,
+        "account_id": "acc",
+        "from": "Sender <sender@example.com>",
+        "to": ["rcpt@example.com"],
+        "subject": f"subject {id}",
+        "body": f"body {id}",
+        **fields,
+    }
 
 
 async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:

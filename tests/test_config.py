@@ -21,8 +21,9 @@ def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_file_then_environment_then_legacy_names(tmp_path: Path) -> None:
     file = tmp_path / "plugins.toml"
-    file.write_text('[service]\ndefault_priority = 1\nsend_loop_interval = 2.0\n'
-                    '[sql]\nurl = "from-file.db"\n')
+    file.write_text(
+        '[service]\ndefault_priority = 1\nsend_loop_interval = 2.0\n[sql]\nurl = "from-file.db"\n'
+    )
     environ = {
         "GMP_SERVICE_SEND_LOOP_INTERVAL": "0.25",  # the table-qualified name
         "GMP_DB_PATH": "legacy.db",  # the seed's flat name
@@ -39,27 +40,33 @@ def test_file_then_environment_then_legacy_names(tmp_path: Path) -> None:
 
 
 def test_qualified_name_wins_over_legacy_name() -> None:
-    config = Config({}, environ={"GMP_DEFAULT_PRIORITY": "3",
-                                 "GMP_SERVICE_DEFAULT_PRIORITY": "0"})
+    config = Config({}, environ={"GMP_DEFAULT_PRIORITY": "3", "GMP_SERVICE_DEFAULT_PRIORITY": "0"})
     assert config.service.default_priority == 0
 
 
 def test_legacy_api_token_and_host(tmp_path: Path) -> None:
-    config = Config({}, environ={"GMP_API_TOKEN": "t0k", "GMP_HOST": "127.0.0.2",
-                                 "GMP_PORT": "9001"})
+    config = Config(
+        {}, environ={"GMP_API_TOKEN": "t0k", "GMP_HOST": "127.0.0.2", "GMP_PORT": "9001"}
+    )
     Service(config)
     assert config.section("token_auth").api_token == "t0k"
     assert config.section("rest").host == "127.0.0.2"
     assert config.section("rest").port == 9001
 
 
-@pytest.mark.parametrize(("tables", "environ", "expected"), [
-    ({"service": {"default_priority": 7}}, {}, "[service] default_priority: Value error, must"),
-    ({"service": {"max_retrys": 2}}, {}, "[service] max_retrys: unknown key"),
-    ({}, {"GMP_SEND_LOOP_INTERVAL": "soon"},
-     "environment variable GMP_SEND_LOOP_INTERVAL: Input should be a valid number"),
-    ({"service": "x"}, {}, "[service] must be a table"),
-])
+@pytest.mark.parametrize(
+    ("tables", "environ", "expected"),
+    [
+        ({"service": {"default_priority": 7}}, {}, "[service] default_priority: Value error, must"),
+        ({"service": {"max_retrys": 2}}, {}, "[service] max_retrys: unknown key"),
+        (
+            {},
+            {"GMP_SEND_LOOP_INTERVAL": "soon"},
+            "environment variable GMP_SEND_LOOP_INTERVAL: Input should be a valid number",
+        ),
+        ({"service": "x"}, {}, "[service] must be a table"),
+    ],
+)
 def test_bad_values_name_the_key(tables: dict, environ: dict, expected: str) -> None:
     with pytest.raises(ConfigError) as error:
         Config(tables, environ=environ)
@@ -118,7 +125,7 @@ def test_check_config_command(tmp_path: Path) -> None:
     from gmp_core.cli import cli
 
     good = tmp_path / "good.toml"
-    good.write_text('[service]\ndefault_priority = 1\n[leftover]\nx = 1\n')
+    good.write_text("[service]\ndefault_priority = 1\n[leftover]\nx = 1\n")
     result = CliRunner().invoke(cli, ["check-config", "--config", str(good)], env={})
     assert result.exit_code == 0
     assert "configuration OK" in result.output

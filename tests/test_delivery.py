@@ -11,26 +11,37 @@ from gmp_core.testing import SmtpSink
 from tests.support import EventLog, ServiceFactory, account, message, status_of, wait_until
 
 
-async def test_delivered_with_headers_body_and_envelope(service: Service, sink: SmtpSink,
-                                                        events: EventLog) -> None:
-    result = await service.add_messages([message(
-        "m1",
-        to='"Doe, John" <john@example.com>, jane@example.com',
-        cc=["Carl <carl@example.com>"],
-        bcc="hidden@example.com",
-        reply_to="replies@example.com",
-        subject="Grüße, world",
-        headers={"X-Campaign": "autumn"},
-    )])
+async def test_delivered_with_headers_body_and_envelope(
+    service: Service, sink: SmtpSink, events: EventLog
+) -> None:
+    result = await service.add_messages(
+        [
+            message(
+                "m1",
+                to='"Doe, John" <john@example.com>, jane@example.com',
+                cc=["Carl <carl@example.com>"],
+                bcc="hidden@example.com",
+                reply_to="replies@example.com",
+                subject="Grüße, world",
+                headers={"X-Campaign": "autumn"},
+            )
+        ]
+    )
     assert result.queued == 1 and result.rejected == []
 
     [mail] = await sink.wait_for(1)
     msg = mail.message
     assert mail.mail_from == "sender@example.com"
-    assert sorted(mail.rcpt_tos) == ["carl@example.com", "hidden@example.com",
-                                     "jane@example.com", "john@example.com"]
+    assert sorted(mail.rcpt_tos) == [
+        "carl@example.com",
+        "hidden@example.com",
+        "jane@example.com",
+        "john@example.com",
+    ]
     assert email.utils.getaddresses([str(msg["To"])]) == [
-        ("Doe, John", "john@example.com"), ("", "jane@example.com")]
+        ("Doe, John", "john@example.com"),
+        ("", "jane@example.com"),
+    ]
     assert msg["Cc"] == "Carl <carl@example.com>"
     assert msg["Bcc"] is None and b"hidden@example.com" not in mail.data
     assert msg["Reply-To"] == "replies@example.com"
@@ -48,8 +59,9 @@ async def test_delivered_with_headers_body_and_envelope(service: Service, sink: 
     assert record.payload is not None and record.payload["message_id"] == msg["Message-ID"]
 
 
-async def test_html_with_plain_body_is_multipart_alternative(service: Service,
-                                                             sink: SmtpSink) -> None:
+async def test_html_with_plain_body_is_multipart_alternative(
+    service: Service, sink: SmtpSink
+) -> None:
     await service.add_messages([message("m1", body="plain text", html="<p>html</p>")])
     [mail] = await sink.wait_for(1)
     msg = mail.message
@@ -70,8 +82,9 @@ async def test_message_id_given_by_client_is_kept(service: Service, sink: SmtpSi
     assert mail.message["Message-ID"] == "<given-1@client.example>"
 
 
-async def test_message_id_is_kept_across_retries(service: Service, sink: SmtpSink,
-                                                 events: EventLog) -> None:
+async def test_message_id_is_kept_across_retries(
+    service: Service, sink: SmtpSink, events: EventLog
+) -> None:
     seen: list[str] = []
 
     def fail_first(envelope: object) -> str | None:
@@ -98,7 +111,8 @@ async def test_priority_order(make_service: ServiceFactory, sink: SmtpSink) -> N
 
 
 async def test_immediate_lane_does_not_wait_behind_a_full_pipeline(
-        make_service: ServiceFactory, sink: SmtpSink) -> None:
+    make_service: ServiceFactory, sink: SmtpSink
+) -> None:
     # Two sends at once, four messages in hand: the pipeline is full of low-priority mail.
     service = await make_service(service={"max_concurrent_sends": 2})
     await service.put_account(account(sink, max_connections=2))
@@ -110,6 +124,7 @@ async def test_immediate_lane_does_not_wait_behind_a_full_pipeline(
 
     async def urgent_claimed() -> bool:
         return await status_of(service, "urgent") == "sending"
+
     await wait_until(urgent_claimed)
     sink.hold.set()
     mails = await sink.wait_for(41)
@@ -119,8 +134,7 @@ async def test_immediate_lane_does_not_wait_behind_a_full_pipeline(
     assert order.index("urgent") <= 3
 
 
-async def test_deferred_ts_is_honoured(service: Service, sink: SmtpSink,
-                                       events: EventLog) -> None:
+async def test_deferred_ts_is_honoured(service: Service, sink: SmtpSink, events: EventLog) -> None:
     not_before = time.time() + 1.0
     await service.add_messages([message("later", deferred_ts=not_before), message("now")])
     assert await status_of(service, "later") == "scheduled"
@@ -130,8 +144,9 @@ async def test_deferred_ts_is_honoured(service: Service, sink: SmtpSink,
     assert record.sent_ts is not None and record.sent_ts >= not_before
 
 
-async def test_suspend_stops_sending_and_activate_resumes(service: Service, sink: SmtpSink,
-                                                          events: EventLog) -> None:
+async def test_suspend_stops_sending_and_activate_resumes(
+    service: Service, sink: SmtpSink, events: EventLog
+) -> None:
     await service.set_active(False)
     await service.add_messages([message("m1")])
     assert (await service.status())["active"] is False

@@ -13,8 +13,9 @@ from gmp_core.testing import SmtpSink
 from tests.support import EventLog, ServiceFactory, account, message, status_of
 
 
-async def test_4xx_reply_is_retried_later(service: Service, sink: SmtpSink,
-                                          events: EventLog) -> None:
+async def test_4xx_reply_is_retried_later(
+    service: Service, sink: SmtpSink, events: EventLog
+) -> None:
     replies = iter(["451 4.3.0 Temporary local problem"])
     sink.data_reply = lambda envelope: next(replies, None)
     await service.add_messages([message("m1")])
@@ -28,8 +29,9 @@ async def test_4xx_reply_is_retried_later(service: Service, sink: SmtpSink,
     assert len(sink.mails) == 1
 
 
-async def test_5xx_reply_ends_as_error_with_the_code(service: Service, sink: SmtpSink,
-                                                     events: EventLog) -> None:
+async def test_5xx_reply_ends_as_error_with_the_code(
+    service: Service, sink: SmtpSink, events: EventLog
+) -> None:
     sink.data_reply = lambda envelope: "554 5.7.1 Message rejected as spam"
     await service.add_messages([message("m1")])
     [error] = await events.wait("error", "m1")
@@ -39,8 +41,9 @@ async def test_5xx_reply_ends_as_error_with_the_code(service: Service, sink: Smt
     assert record.error == "554 5.7.1 Message rejected as spam"
 
 
-async def test_retries_run_out(make_service: ServiceFactory, sink: SmtpSink,
-                               events: EventLog) -> None:
+async def test_retries_run_out(
+    make_service: ServiceFactory, sink: SmtpSink, events: EventLog
+) -> None:
     service = await make_service(service={"retry_delays": [0.05, 0.05]})
     await service.put_account(account(sink))
     sink.data_reply = lambda envelope: "450 4.2.1 Mailbox busy"
@@ -50,8 +53,9 @@ async def test_retries_run_out(make_service: ServiceFactory, sink: SmtpSink,
     assert error.detail == "gave up after 3 attempts: 450 4.2.1 Mailbox busy"
 
 
-async def test_server_down_then_up_delivers(service: Service, sink: SmtpSink,
-                                            events: EventLog) -> None:
+async def test_server_down_then_up_delivers(
+    service: Service, sink: SmtpSink, events: EventLog
+) -> None:
     await sink.stop()
     await service.add_messages([message("m1")])
     [deferred] = await events.wait("deferred", "m1")
@@ -61,8 +65,9 @@ async def test_server_down_then_up_delivers(service: Service, sink: SmtpSink,
     assert [m.gmp_id for m in sink.mails] == ["m1"]
 
 
-async def test_server_dropping_idle_connections_is_survived(service: Service, sink: SmtpSink,
-                                                            events: EventLog) -> None:
+async def test_server_dropping_idle_connections_is_survived(
+    service: Service, sink: SmtpSink, events: EventLog
+) -> None:
     await service.add_messages([message("m1")])
     await events.wait("sent", "m1")
     await sink.stop()  # drops the pooled connection
@@ -72,8 +77,9 @@ async def test_server_dropping_idle_connections_is_survived(service: Service, si
     assert events.kinds("m2") == ["queued", "sent"]  # reconnected at once, no retry needed
 
 
-async def test_421_closes_the_connection_and_retries(service: Service, sink: SmtpSink,
-                                                     events: EventLog) -> None:
+async def test_421_closes_the_connection_and_retries(
+    service: Service, sink: SmtpSink, events: EventLog
+) -> None:
     replies = iter(["421 4.3.2 Service shutting down"])
     sink.data_reply = lambda envelope: next(replies, None)
     await service.add_messages([message("m1")])
@@ -82,8 +88,9 @@ async def test_421_closes_the_connection_and_retries(service: Service, sink: Smt
     assert sink.connections == 2
 
 
-async def test_recipients_refused_one_by_one_are_reported(service: Service, sink: SmtpSink,
-                                                          events: EventLog) -> None:
+async def test_recipients_refused_one_by_one_are_reported(
+    service: Service, sink: SmtpSink, events: EventLog
+) -> None:
     sink.rcpt_replies = {"gone@example.com": "550 5.1.1 User unknown"}
     await service.add_messages([message("m1", to=["ok@example.com", "gone@example.com"])])
     [sent] = await events.wait("sent", "m1")
@@ -91,9 +98,9 @@ async def test_recipients_refused_one_by_one_are_reported(service: Service, sink
     assert sink.mails[0].rcpt_tos == ["ok@example.com"]
 
 
-async def test_all_recipients_refused_permanently_is_an_error(service: Service,
-                                                              sink: SmtpSink,
-                                                              events: EventLog) -> None:
+async def test_all_recipients_refused_permanently_is_an_error(
+    service: Service, sink: SmtpSink, events: EventLog
+) -> None:
     sink.rcpt_replies = {"rcpt@example.com": "550 5.1.1 User unknown"}
     await service.add_messages([message("m1")])
     [error] = await events.wait("error", "m1")
@@ -101,8 +108,9 @@ async def test_all_recipients_refused_permanently_is_an_error(service: Service,
     assert error.data["refused"] == {"rcpt@example.com": "550 5.1.1 User unknown"}
 
 
-async def test_all_recipients_refused_temporarily_is_retried(service: Service, sink: SmtpSink,
-                                                             events: EventLog) -> None:
+async def test_all_recipients_refused_temporarily_is_retried(
+    service: Service, sink: SmtpSink, events: EventLog
+) -> None:
     sink.rcpt_replies = {"rcpt@example.com": "452 4.2.2 Mailbox full"}
     await service.add_messages([message("m1")])
     await events.wait("deferred", "m1")
@@ -110,16 +118,18 @@ async def test_all_recipients_refused_temporarily_is_retried(service: Service, s
     await events.wait("sent", "m1")
 
 
-async def test_one_bad_message_does_not_block_the_others(service: Service, sink: SmtpSink,
-                                                         events: EventLog) -> None:
+async def test_one_bad_message_does_not_block_the_others(
+    service: Service, sink: SmtpSink, events: EventLog
+) -> None:
     sink.data_reply = lambda e: "554 5.6.0 bad" if b"poison" in e.content else None
     await service.add_messages([message("poison"), *(message(f"m{i}") for i in range(5))])
     await sink.wait_for(5)
     await events.wait("error", "poison")
 
 
-async def test_rate_limit_per_minute_defers(make_service: ServiceFactory, sink: SmtpSink,
-                                            events: EventLog) -> None:
+async def test_rate_limit_per_minute_defers(
+    make_service: ServiceFactory, sink: SmtpSink, events: EventLog
+) -> None:
     service = await make_service()
     await service.put_account(account(sink, limit_per_minute=3))
     started = time.time()
@@ -134,8 +144,9 @@ async def test_rate_limit_per_minute_defers(make_service: ServiceFactory, sink: 
         assert await status_of(service, event.message_id) == "scheduled"
 
 
-async def test_rate_limit_reject_ends_as_error(make_service: ServiceFactory, sink: SmtpSink,
-                                               events: EventLog) -> None:
+async def test_rate_limit_reject_ends_as_error(
+    make_service: ServiceFactory, sink: SmtpSink, events: EventLog
+) -> None:
     service = await make_service()
     await service.put_account(account(sink, limit_per_minute=2, limit_behavior="reject"))
     await service.add_messages([message(f"m{i}") for i in range(4)])
@@ -147,8 +158,9 @@ async def test_rate_limit_reject_ends_as_error(make_service: ServiceFactory, sin
         assert record.status == "error" and record.error == "rate_limit_exceeded"
 
 
-async def test_rate_limit_counts_survive_a_restart(make_service: ServiceFactory, sink: SmtpSink,
-                                                   events: EventLog) -> None:
+async def test_rate_limit_counts_survive_a_restart(
+    make_service: ServiceFactory, sink: SmtpSink, events: EventLog
+) -> None:
     first = await make_service()
     await first.put_account(account(sink, limit_per_minute=2))
     await first.add_messages([message("m0"), message("m1")])
@@ -173,8 +185,9 @@ async def test_account_with_unsent_messages_is_deleted_only_by_force(service: Se
         await service.delete_account("acc")
 
 
-async def test_duplicate_id_replaces_a_queued_message(make_service: ServiceFactory,
-                                                      sink: SmtpSink) -> None:
+async def test_duplicate_id_replaces_a_queued_message(
+    make_service: ServiceFactory, sink: SmtpSink
+) -> None:
     service = await make_service()
     await service.put_account(account(sink, max_connections=1))
     await service.set_active(False)
@@ -187,8 +200,9 @@ async def test_duplicate_id_replaces_a_queued_message(make_service: ServiceFacto
     assert mails[0].message["Subject"] == "corrected"
 
 
-async def test_duplicate_id_in_flight_and_already_sent(service: Service, sink: SmtpSink,
-                                                       events: EventLog) -> None:
+async def test_duplicate_id_in_flight_and_already_sent(
+    service: Service, sink: SmtpSink, events: EventLog
+) -> None:
     sink.hold = asyncio.Event()
     await service.add_messages([message("m1")])
     await sink.wait_held(1)
@@ -201,8 +215,9 @@ async def test_duplicate_id_in_flight_and_already_sent(service: Service, sink: S
     assert [(r.id, r.reason) for r in result.rejected] == [("m1", "already sent")]
 
 
-async def test_already_sent_survives_cleanup(service: Service, sink: SmtpSink,
-                                             events: EventLog) -> None:
+async def test_already_sent_survives_cleanup(
+    service: Service, sink: SmtpSink, events: EventLog
+) -> None:
     await service.add_messages([message("m1")])
     await events.wait("sent", "m1")
     deleted = await service.delete_messages(["m1"])

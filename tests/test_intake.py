@@ -12,33 +12,44 @@ from tests.support import message
 
 
 def parse(item: Any, **kwargs: Any) -> Any:
-    return parse_message(item, default_priority=kwargs.pop("default_priority", 2),
-                         default_account=kwargs.pop("default_account", None), **kwargs)
+    return parse_message(
+        item,
+        default_priority=kwargs.pop("default_priority", 2),
+        default_account=kwargs.pop("default_account", None),
+        **kwargs,
+    )
 
 
-@pytest.mark.parametrize(("changes", "reason"), [
-    ({"id": ""}, "invalid id: String should have at least 1 character"),
-    ({"to": []}, "missing to"),
-    ({"to": "not an address"}, "invalid address: not an address"),
-    ({"to": ["ok@example.com", "bad@"]}, "invalid address: bad@"),
-    ({"cc": "a@example.com\r\nBcc: victim@example.com"}, "invalid address: cc contains CR"),
-    ({"from": "a@example.com, b@example.com"}, "invalid address: from must be one address"),
-    ({"subject": "hi\r\nBcc: victim@example.com"}, "invalid header: Subject contains CR"),
-    ({"headers": {"X-Ok": "v\nInjected: 1"}}, "invalid header: X-Ok contains CR"),
-    ({"headers": {"Bad Name": "v"}}, "invalid header: 'Bad Name' is not a valid header name"),
-    ({"headers": {"From": "boss@example.com"}}, "invalid header: From may not be set"),
-    ({"headers": {"message-id": "<x@y>"}}, "invalid header: message-id may not be set"),
-    ({"priority": 7}, "invalid priority: 7"),
-    ({"priority": "urgent"}, "invalid priority: 'urgent'"),
-    ({"content_type": "markdown"}, "invalid content_type"),
-    ({"deferred_ts": -5}, "invalid deferred_ts"),
-    ({"message_id": "no-at-sign"}, "invalid message_id"),
-    ({"attachments": [{"filename": "a.pdf"}]}, "missing attachments[0].storage_path"),
-    ({"attachments": [{"filename": "a.pdf", "storage_path": "nocolon"}]},
-     "invalid storage_path"),
-    ({"attachments": [{"filename": "a\r\n.pdf", "storage_path": "v:x"}]},
-     "invalid header: attachment filename contains CR"),
-])
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"id": ""}, "invalid id: String should have at least 1 character"),
+        ({"to": []}, "missing to"),
+        ({"to": "not an address"}, "invalid address: not an address"),
+        ({"to": ["ok@example.com", "bad@"]}, "invalid address: bad@"),
+        ({"cc": "a@example.com\r\nBcc: victim@example.com"}, "invalid address: cc contains CR"),
+        ({"from": "a@example.com, b@example.com"}, "invalid address: from must be one address"),
+        ({"subject": "hi\r\nBcc: victim@example.com"}, "invalid header: Subject contains CR"),
+        ({"headers": {"X-Ok": "v\nInjected: 1"}}, "invalid header: X-Ok contains CR"),
+        ({"headers": {"Bad Name": "v"}}, "invalid header: 'Bad Name' is not a valid header name"),
+        ({"headers": {"From": "boss@example.com"}}, "invalid header: From may not be set"),
+        ({"headers": {"message-id": "<x@y>"}}, "invalid header: message-id may not be set"),
+        ({"priority": 7}, "invalid priority: 7"),
+        ({"priority": "urgent"}, "invalid priority: 'urgent'"),
+        ({"content_type": "markdown"}, "invalid content_type"),
+        ({"deferred_ts": -5}, "invalid deferred_ts"),
+        ({"message_id": "no-at-sign"}, "invalid message_id"),
+        ({"attachments": [{"filename": "a.pdf"}]}, "missing attachments[0].storage_path"),
+        (
+            {"attachments": [{"filename": "a.pdf", "storage_path": "nocolon"}]},
+            "invalid storage_path",
+        ),
+        (
+            {"attachments": [{"filename": "a\r\n.pdf", "storage_path": "v:x"}]},
+            "invalid header: attachment filename contains CR",
+        ),
+    ],
+)
 def test_rejections(changes: dict[str, Any], reason: str) -> None:
     item = {**message("m1"), **changes}
     item = {k: v for k, v in item.items() if v is not None}
@@ -61,8 +72,15 @@ def test_not_an_object() -> None:
 
 
 def test_normalisation() -> None:
-    parsed = parse({**message("m1"), "to": '"Doe, John" <j@example.com>, k@example.com',
-                    "priority": "HIGH", "message_id": "abc@client", "headers": {"X-N": 5}})
+    parsed = parse(
+        {
+            **message("m1"),
+            "to": '"Doe, John" <j@example.com>, k@example.com',
+            "priority": "HIGH",
+            "message_id": "abc@client",
+            "headers": {"X-N": 5},
+        }
+    )
     assert parsed.to == [("Doe, John", "j@example.com"), ("", "k@example.com")]
     assert parsed.priority == 1
     assert parsed.message_id == "<abc@client>"
@@ -80,8 +98,7 @@ def test_priority_defaults_and_default_account() -> None:
 
 def test_generated_message_id_uses_the_sender_domain() -> None:
     assert parse(message("m1")).message_id.endswith("@example.com>")
-    assert parse(message("m1"), message_id_domain="mail.test").message_id.endswith(
-        "@mail.test>")
+    assert parse(message("m1"), message_id_domain="mail.test").message_id.endswith("@mail.test>")
 
 
 def test_account_validation() -> None:
@@ -98,17 +115,21 @@ def test_account_validation() -> None:
 
 
 async def test_batch_keeps_valid_messages_and_rejects_the_rest(service: Service) -> None:
-    result = await service.add_messages([
-        message("good1"),
-        {"id": "bad1", "from": "x@example.com"},
-        message("bad2", account_id="nobody"),
-        "not an object",
-        message("good2", to="Doe <d@example.com>"),
-    ])
+    result = await service.add_messages(
+        [
+            message("good1"),
+            {"id": "bad1", "from": "x@example.com"},
+            message("bad2", account_id="nobody"),
+            "not an object",
+            message("good2", to="Doe <d@example.com>"),
+        ]
+    )
     assert result.queued == 2
     assert [(r.id, r.reason) for r in result.rejected] == [
-        ("bad1", "missing to"), (None, "invalid payload: each message must be a JSON object"),
-        ("bad2", "account not found")]
+        ("bad1", "missing to"),
+        (None, "invalid payload: each message must be a JSON object"),
+        ("bad2", "account not found"),
+    ]
     listed, _ = await service.list_messages()
     assert sorted(r.id for r in listed) == ["good1", "good2"]
 
@@ -130,30 +151,52 @@ async def test_batch_default_priority_applies(service: Service) -> None:
 
 
 async def test_attachments_need_a_known_volume(service: Service) -> None:
-    result = await service.add_messages([message("m1", attachments=[
-        {"filename": "a.pdf", "storage_path": "nowhere:a.pdf"}])])
+    result = await service.add_messages(
+        [message("m1", attachments=[{"filename": "a.pdf", "storage_path": "nowhere:a.pdf"}])]
+    )
     assert [r.reason for r in result.rejected] == ["unknown volume in storage_path: nowhere"]
 
 
-@pytest.mark.parametrize("text", [
-    "a@example.com", "  a@example.com ", "Ann <a@example.com>", "Ann Lee<a@example.com>",
-    "J. R. Doe <j@example.com>", "Zoë <z@example.com>", '"Doe, John" <j@example.com>',
-    "<bare@example.com>", "x@mailhost", "a@[127.0.0.1]",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a@example.com",
+        "  a@example.com ",
+        "Ann <a@example.com>",
+        "Ann Lee<a@example.com>",
+        "J. R. Doe <j@example.com>",
+        "Zoë <z@example.com>",
+        '"Doe, John" <j@example.com>',
+        "<bare@example.com>",
+        "x@mailhost",
+        "a@[127.0.0.1]",
+    ],
+)
 def test_address_fast_paths_agree_with_the_stdlib(text: str) -> None:
     import email.utils
 
     from gmp_core.intake import _split_addresses
+
     assert _split_addresses(text) == email.utils.getaddresses([text])
 
 
-@pytest.mark.parametrize(("addr", "valid"), [
-    ("a@example.com", True), ("first.last+tag@sub.example.co.uk", True),
-    ("x@mailhost", True), ("ü@exämple.com", True),
-    ("a@[127.0.0.1]", True), ("a..b@example.com", False), (".a@example.com", False),
-    ("a@-example.com", False), ("a@example..com", False),
-    ("a@b@example.com", False), ("a b@example.com", False),
-])
+@pytest.mark.parametrize(
+    ("addr", "valid"),
+    [
+        ("a@example.com", True),
+        ("first.last+tag@sub.example.co.uk", True),
+        ("x@mailhost", True),
+        ("ü@exämple.com", True),
+        ("a@[127.0.0.1]", True),
+        ("a..b@example.com", False),
+        (".a@example.com", False),
+        ("a@-example.com", False),
+        ("a@example..com", False),
+        ("a@b@example.com", False),
+        ("a b@example.com", False),
+    ],
+)
 def test_addr_spec_syntax(addr: str, valid: bool) -> None:
     from gmp_core.intake import _valid_addr_spec
+
     assert _valid_addr_spec(addr) is valid

@@ -11,8 +11,9 @@ from gmp_core.models import Attachment, OutgoingMessage
 from tests.support import message
 
 
-def build(attachments: list[tuple[Attachment, bytes]] | None = None,
-          **fields: object) -> email.message.EmailMessage:
+def build(
+    attachments: list[tuple[Attachment, bytes]] | None = None, **fields: object
+) -> email.message.EmailMessage:
     parsed = parse_message(message("m1", **fields), default_priority=2, default_account=None)
     data = build_mime(OutgoingMessage(parsed, attempt=1), attachments or [])
     result = email.message_from_bytes(data, policy=email.policy.default)
@@ -21,8 +22,12 @@ def build(attachments: list[tuple[Attachment, bytes]] | None = None,
 
 
 def test_non_ascii_headers_and_body_round_trip() -> None:
-    msg = build(subject="Prénom — 東京", body="Ciao è già ora\n" * 3,
-                to="Zoë Ünicode <zoe@example.com>", headers={"X-Note": "naïve"})
+    msg = build(
+        subject="Prénom — 東京",
+        body="Ciao è già ora\n" * 3,
+        to="Zoë Ünicode <zoe@example.com>",
+        headers={"X-Note": "naïve"},
+    )
     assert msg["Subject"] == "Prénom — 東京"
     assert str(msg["To"]) == "Zoë Ünicode <zoe@example.com>"
     assert msg["X-Note"] == "naïve"
@@ -37,11 +42,15 @@ def test_long_lines_are_encoded() -> None:
 
 
 def test_attachments_with_types_and_non_ascii_names() -> None:
-    msg = build(attachments=[
-        (Attachment("report.pdf", "v:report.pdf"), b"%PDF-1.4 data"),
-        (Attachment("résumé.txt", "v:r"), b"hello"),
-        (Attachment("blob", "v:b", mime_type="image/png"), b"\x89PNG"),
-    ], body="see attached", html="<p>see attached</p>")
+    msg = build(
+        attachments=[
+            (Attachment("report.pdf", "v:report.pdf"), b"%PDF-1.4 data"),
+            (Attachment("résumé.txt", "v:r"), b"hello"),
+            (Attachment("blob", "v:b", mime_type="image/png"), b"\x89PNG"),
+        ],
+        body="see attached",
+        html="<p>see attached</p>",
+    )
     assert msg.get_content_type() == "multipart/mixed"
     body, *files = list(msg.iter_parts())
     assert body.get_content_type() == "multipart/alternative"

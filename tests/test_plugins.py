@@ -29,8 +29,11 @@ from tests.support import EventLog, ServiceFactory, account, base_tables, messag
 
 
 def test_every_hook_is_documented() -> None:
-    hooks = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
-             if name.startswith("gmp_")]
+    hooks = [
+        name
+        for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+        if name.startswith("gmp_")
+    ]
     assert len(hooks) >= 12
     for name in hooks:
         doc = inspect.getdoc(getattr(hookspecs, name))
@@ -101,10 +104,10 @@ class Exploding:
         raise RuntimeError("observer bug")
 
 
-async def test_a_failing_observer_never_stops_delivery(tmp_path: Path, sink: SmtpSink,
-                                                       events: EventLog) -> None:
-    service = Service(Config(base_tables(tmp_path), environ={}),
-                      plugins=[Exploding(), events])
+async def test_a_failing_observer_never_stops_delivery(
+    tmp_path: Path, sink: SmtpSink, events: EventLog
+) -> None:
+    service = Service(Config(base_tables(tmp_path), environ={}), plugins=[Exploding(), events])
     await service.start()
     try:
         await service.put_account(account(sink))
@@ -120,8 +123,9 @@ class BrokenTransport(MemoryTransport):
         raise RuntimeError("transport bug")
 
 
-async def test_a_crashing_transport_retries_then_errors(make_service: ServiceFactory,
-                                                        events: EventLog) -> None:
+async def test_a_crashing_transport_retries_then_errors(
+    make_service: ServiceFactory, events: EventLog
+) -> None:
     class Plugin:
         __name__ = "broken"
 
@@ -169,8 +173,11 @@ def test_gmp_plugins_lists_bundled_plugins() -> None:
 
 def test_every_hook_has_a_reference_section() -> None:
     reference = (Path(__file__).parent.parent / "docs" / "plugins.md").read_text()
-    hooks = [name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction)
-             if name.startswith("gmp_")]
+    hooks = [
+        name
+        for name, _ in inspect.getmembers(hookspecs, inspect.isfunction)
+        if name.startswith("gmp_")
+    ]
     for name in hooks:
         argnames = inspect.signature(getattr(hookspecs, name)).parameters
         assert f"### {name}({', '.join(argnames)})" in reference, name

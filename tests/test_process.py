@@ -33,9 +33,16 @@ class ServeProcess:
     async def start(self) -> ServeProcess:
         gmp = Path(sys.executable).parent / "gmp"
         self.proc = await asyncio.create_subprocess_exec(
-            str(gmp), "serve", "--config", str(self.config), "--log-level", "INFO",
-            stderr=asyncio.subprocess.PIPE, cwd=self.config.parent,
-            env={**os.environ, "GMP_CONFIG": ""})
+            str(gmp),
+            "serve",
+            "--config",
+            str(self.config),
+            "--log-level",
+            "INFO",
+            stderr=asyncio.subprocess.PIPE,
+            cwd=self.config.parent,
+            env={**os.environ, "GMP_CONFIG": ""},
+        )
         assert self.proc.stderr is not None
         async with asyncio.timeout(30):
             while not self.url:
@@ -75,10 +82,11 @@ def config_file(tmp_path: Path) -> Path:
     path = tmp_path / "plugins.toml"
     path.write_text(
         f'[sql]\nurl = "{tmp_path / "gmp.db"}"\n'
-        '[rest]\nport = 0\n'
+        "[rest]\nport = 0\n"
         f'[token_auth]\napi_token = "{TOKEN}"\n'
         "[service]\nsend_loop_interval = 0.05\nlease_seconds = 2\nretry_delays = [0.2]\n"
-        "shutdown_timeout = 10\n")
+        "shutdown_timeout = 10\n"
+    )
     return path
 
 
@@ -103,34 +111,50 @@ async def post(client: httpx.AsyncClient, path: str, body: dict[str, object]) ->
 
 
 async def test_http_in_smtp_out_and_sigterm_exits_cleanly(
-        config_file: Path, processes: list[ServeProcess], sink: SmtpSink) -> None:
+    config_file: Path, processes: list[ServeProcess], sink: SmtpSink
+) -> None:
     proxy = await serve(config_file, processes)
     async with proxy.client() as client:
-        await post(client, "/account", {"id": "acc", "host": sink.host, "port": sink.port,
-                                        "tls": "none"})
-        answer = await post(client, "/commands/add-messages",
-                            {"messages": [message(f"m{i}") for i in range(20)]})
+        await post(
+            client, "/account", {"id": "acc", "host": sink.host, "port": sink.port, "tls": "none"}
+        )
+        answer = await post(
+            client, "/commands/add-messages", {"messages": [message(f"m{i}") for i in range(20)]}
+        )
         assert answer == {"ok": True, "queued": 20, "rejected": []}
         await sink.wait_for(20)
     assert await proxy.stop(signal.SIGTERM) == 0
     assert sink.quits == sink.connections  # every pooled connection said QUIT
 
 
-async def hold_sends(proxy: ServeProcess, sink: SmtpSink, *, messages: int,
-                     connections: int) -> None:
+async def hold_sends(
+    proxy: ServeProcess, sink: SmtpSink, *, messages: int, connections: int
+) -> None:
     """Queue ``messages`` and return once ``connections`` of them wait in DATA at the sink."""
     sink.hold = asyncio.Event()
     async with proxy.client() as client:
-        await post(client, "/account", {"id": "acc", "host": sink.host, "port": sink.port,
-                                        "tls": "none", "max_connections": connections})
-        await post(client, "/commands/add-messages",
-                   {"messages": [message(f"m{i}") for i in range(messages)]})
+        await post(
+            client,
+            "/account",
+            {
+                "id": "acc",
+                "host": sink.host,
+                "port": sink.port,
+                "tls": "none",
+                "max_connections": connections,
+            },
+        )
+        await post(
+            client,
+            "/commands/add-messages",
+            {"messages": [message(f"m{i}") for i in range(messages)]},
+        )
         await sink.wait_held(connections)
 
 
-async def test_sigterm_finishes_sends_in_flight(config_file: Path,
-                                                processes: list[ServeProcess],
-                                                sink: SmtpSink) -> None:
+async def test_sigterm_finishes_sends_in_flight(
+    config_file: Path, processes: list[ServeProcess], sink: SmtpSink
+) -> None:
     proxy = await serve(config_file, processes)
     await hold_sends(proxy, sink, messages=10, connections=2)
     assert proxy.proc is not None and sink.hold is not None
@@ -148,9 +172,9 @@ async def test_sigterm_finishes_sends_in_flight(config_file: Path,
     assert await restarted.stop() == 0
 
 
-async def test_sigkill_mid_dispatch_loses_nothing(config_file: Path,
-                                                  processes: list[ServeProcess],
-                                                  sink: SmtpSink) -> None:
+async def test_sigkill_mid_dispatch_loses_nothing(
+    config_file: Path, processes: list[ServeProcess], sink: SmtpSink
+) -> None:
     proxy = await serve(config_file, processes)
     await hold_sends(proxy, sink, messages=60, connections=3)
     await proxy.stop(signal.SIGKILL)

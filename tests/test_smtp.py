@@ -35,36 +35,37 @@ def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
 
 @pytest.fixture
 async def tls_sink(server_tls: ssl.SSLContext) -> AsyncIterator[SmtpSink]:
-    sink = await SmtpSink(tls_context=server_tls, require_starttls=True,
-                          credentials={"alice": "s3cret"}).start()
+    sink = await SmtpSink(
+        tls_context=server_tls, require_starttls=True, credentials={"alice": "s3cret"}
+    ).start()
     yield sink
     await sink.stop()
 
 
-async def test_starttls_and_auth(make_service: ServiceFactory, tls_sink: SmtpSink,
-                                 ca_file: str, events: EventLog) -> None:
+async def test_starttls_and_auth(
+    make_service: ServiceFactory, tls_sink: SmtpSink, ca_file: str, events: EventLog
+) -> None:
     service = await make_service(smtp={"cert_bundle": ca_file})
-    await service.put_account(account(tls_sink, tls="starttls", user="alice",
-                                      password="s3cret"))
+    await service.put_account(account(tls_sink, tls="starttls", user="alice", password="s3cret"))
     await service.add_messages([message("m1")])
     await tls_sink.wait_for(1)
     assert tls_sink.logins == ["alice"]
 
 
-async def test_wrong_password_is_a_permanent_error(make_service: ServiceFactory,
-                                                   tls_sink: SmtpSink, ca_file: str,
-                                                   events: EventLog) -> None:
+async def test_wrong_password_is_a_permanent_error(
+    make_service: ServiceFactory, tls_sink: SmtpSink, ca_file: str, events: EventLog
+) -> None:
     service = await make_service(smtp={"cert_bundle": ca_file})
-    await service.put_account(account(tls_sink, tls="starttls", user="alice",
-                                      password="wrong"))
+    await service.put_account(account(tls_sink, tls="starttls", user="alice", password="wrong"))
     await service.add_messages([message("m1")])
     [error] = await events.wait("error", "m1")
     assert error.code == 535 and error.detail.startswith("535 authentication failed")
     assert "wrong" not in error.detail
 
 
-async def test_starttls_never_falls_back_to_plaintext(service: Service, sink: SmtpSink,
-                                                      events: EventLog) -> None:
+async def test_starttls_never_falls_back_to_plaintext(
+    service: Service, sink: SmtpSink, events: EventLog
+) -> None:
     await service.put_account(account(sink, tls="starttls"))  # the sink offers no STARTTLS
     await service.add_messages([message("m1")])
     [error] = await events.wait("error", "m1")
@@ -72,18 +73,19 @@ async def test_starttls_never_falls_back_to_plaintext(service: Service, sink: Sm
     assert sink.mails == []
 
 
-async def test_untrusted_certificate_is_a_tls_failure(service: Service, tls_sink: SmtpSink,
-                                                      events: EventLog) -> None:
-    await service.put_account(account(tls_sink, tls="starttls", user="alice",
-                                      password="s3cret"))
+async def test_untrusted_certificate_is_a_tls_failure(
+    service: Service, tls_sink: SmtpSink, events: EventLog
+) -> None:
+    await service.put_account(account(tls_sink, tls="starttls", user="alice", password="s3cret"))
     await service.add_messages([message("m1")])
     [error] = await events.wait("error", "m1")
     assert error.detail.startswith("TLS failure")
     assert tls_sink.mails == []
 
 
-async def test_implicit_tls(make_service: ServiceFactory, server_tls: ssl.SSLContext,
-                            ca_file: str) -> None:
+async def test_implicit_tls(
+    make_service: ServiceFactory, server_tls: ssl.SSLContext, ca_file: str
+) -> None:
     sink = await SmtpSink(implicit_tls=server_tls).start()
     try:
         service = await make_service(smtp={"cert_bundle": ca_file})
@@ -100,12 +102,18 @@ async def test_legacy_use_tls_maps_to_tls_modes(service: Service, sink: SmtpSink
     await service.put_account({"id": "plain", "host": "h", "port": 25, "use_tls": False})
     await service.put_account({"id": "default", "host": "h", "port": 25})
     modes = {a.id: str(a.tls) for a in await service.list_accounts()}
-    assert modes == {"acc": "none", "a465": "ssl", "a587": "starttls", "plain": "none",
-                     "default": "starttls"}
+    assert modes == {
+        "acc": "none",
+        "a465": "ssl",
+        "a587": "starttls",
+        "plain": "none",
+        "default": "starttls",
+    }
 
 
-async def test_connections_are_pooled_and_reused(make_service: ServiceFactory,
-                                                 sink: SmtpSink) -> None:
+async def test_connections_are_pooled_and_reused(
+    make_service: ServiceFactory, sink: SmtpSink
+) -> None:
     service = await make_service()
     await service.put_account(account(sink, max_connections=2))
     await service.add_messages([message(f"m{i}") for i in range(30)])
@@ -115,8 +123,9 @@ async def test_connections_are_pooled_and_reused(make_service: ServiceFactory,
     assert sink.connections <= 2
 
 
-async def test_idle_connections_close_after_ttl(make_service: ServiceFactory,
-                                                sink: SmtpSink, events: EventLog) -> None:
+async def test_idle_connections_close_after_ttl(
+    make_service: ServiceFactory, sink: SmtpSink, events: EventLog
+) -> None:
     service = await make_service(smtp={"reap_interval": 0.05})
     await service.put_account(account(sink, ttl=0.1))
     await service.add_messages([message("m1")])
@@ -124,6 +133,7 @@ async def test_idle_connections_close_after_ttl(make_service: ServiceFactory,
 
     async def closed() -> bool:
         return sink.quits == sink.connections == 1
+
     await wait_until(closed)
 
 

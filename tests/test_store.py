@@ -38,12 +38,24 @@ async def enqueue(store: Store, *messages: Message, now: float | None = None) ->
     return (await store.enqueue(messages, events, now, WINDOW)).queued
 
 
-async def claim(store: Store, worker: str = "w1", *, limit: int = 100,
-                lease: float = 60, now: float | None = None, batch: int = 50,
-                max_priority: int = 3) -> list[str]:
-    claims = await store.claim(worker, time.time() if now is None else now, limit=limit,
-                               lease_seconds=lease, default_batch_size=batch,
-                               max_priority=max_priority)
+async def claim(
+    store: Store,
+    worker: str = "w1",
+    *,
+    limit: int = 100,
+    lease: float = 60,
+    now: float | None = None,
+    batch: int = 50,
+    max_priority: int = 3,
+) -> list[str]:
+    claims = await store.claim(
+        worker,
+        time.time() if now is None else now,
+        limit=limit,
+        lease_seconds=lease,
+        default_batch_size=batch,
+        max_priority=max_priority,
+    )
     return [c.message.id for c in claims]
 
 
@@ -52,16 +64,26 @@ def sent(id: str, now: float) -> Outcome:
 
 
 async def test_claims_follow_priority_then_arrival(store: Store) -> None:
-    await enqueue(store, msg("low", priority=3), msg("mid1"), msg("now", priority=0),
-                  msg("mid2"), msg("high", priority=1))
+    await enqueue(
+        store,
+        msg("low", priority=3),
+        msg("mid1"),
+        msg("now", priority=0),
+        msg("mid2"),
+        msg("high", priority=1),
+    )
     assert await claim(store) == ["now", "high", "mid1", "mid2", "low"]
     assert await claim(store, "w2") == []  # each message goes to one claimant
 
 
 async def test_claim_respects_limit_max_priority_and_batch_size(store: Store) -> None:
     await store.put_account(Account(id="big", host="h", batch_size=2), time.time())
-    await enqueue(store, *(msg(f"big{i}", account_id="big") for i in range(5)),
-                  msg("small"), msg("urgent", priority=0))
+    await enqueue(
+        store,
+        *(msg(f"big{i}", account_id="big") for i in range(5)),
+        msg("small"),
+        msg("urgent", priority=0),
+    )
     assert await claim(store, max_priority=0) == ["urgent"]
     # At most two of "big" in one claim, so "small", queued after them, is not kept waiting.
     assert await claim(store) == ["big0", "big1", "small"]
@@ -103,20 +125,40 @@ async def test_outcomes_and_events_in_one_write(store: Store) -> None:
     now = time.time()
     await enqueue(store, msg("ok"), msg("retry"), msg("bad"), msg("back"), now=now)
     await claim(store, now=now)
-    applied = await store.record("w1", [
-        sent("ok", now),
-        Outcome("retry", State.SCHEDULED, Event("deferred", "retry", "acc", now),
-                deferred_ts=now + 60, attempts=1, error="451 later"),
-        Outcome("bad", State.ERROR, Event("error", "bad", "acc", now, code=550),
-                attempts=1, error="550 no"),
-        Outcome("back", State.QUEUED, None),
-    ], now)
+    applied = await store.record(
+        "w1",
+        [
+            sent("ok", now),
+            Outcome(
+                "retry",
+                State.SCHEDULED,
+                Event("deferred", "retry", "acc", now),
+                deferred_ts=now + 60,
+                attempts=1,
+                error="451 later",
+            ),
+            Outcome(
+                "bad",
+                State.ERROR,
+                Event("error", "bad", "acc", now, code=550),
+                attempts=1,
+                error="550 no",
+            ),
+            Outcome("back", State.QUEUED, None),
+        ],
+        now,
+    )
     assert sorted(applied) == ["back", "bad", "ok", "retry"]
-    states = {r.id: (r.status, r.attempts, r.error) for r in
-              (await store.list_messages(status=None, account_id=None, limit=10,
-                                         cursor=None))[0]}
-    assert states == {"ok": ("sent", 0, None), "retry": ("scheduled", 1, "451 later"),
-                      "bad": ("error", 1, "550 no"), "back": ("queued", 0, None)}
+    states = {
+        r.id: (r.status, r.attempts, r.error)
+        for r in (await store.list_messages(status=None, account_id=None, limit=10, cursor=None))[0]
+    }
+    assert states == {
+        "ok": ("sent", 0, None),
+        "retry": ("scheduled", 1, "451 later"),
+        "bad": ("error", 1, "550 no"),
+        "back": ("queued", 0, None),
+    }
     counts = await store.queue_counts()
     assert counts == {"queued": 1, "scheduled": 1, "sending": 0, "sent": 1, "error": 1}
 
@@ -177,10 +219,16 @@ async def test_the_due_work_query_reads_an_index(store: Store) -> None:
         rows = sqlite.execute_sql(f"EXPLAIN QUERY PLAN {sql}").fetchall()
         return " | ".join(str(row[-1]) for row in rows)
 
-    queued = await store.thread.run(lambda: plan(  # type: ignore[attr-defined]
-        "SELECT pk FROM messages WHERE state = 'queued' AND priority <= 3 "
-        "ORDER BY priority, pk LIMIT 10"))
+    queued = await store.thread.run(
+        lambda: plan(  # type: ignore[attr-defined]
+            "SELECT pk FROM messages WHERE state = 'queued' AND priority <= 3 "
+            "ORDER BY priority, pk LIMIT 10"
+        )
+    )
     assert "SEARCH messages USING INDEX ix_messages_queued" in queued
-    scheduled = await store.thread.run(lambda: plan(  # type: ignore[attr-defined]
-        "SELECT MIN(deferred_ts) FROM messages WHERE state = 'scheduled'"))
+    scheduled = await store.thread.run(
+        lambda: plan(  # type: ignore[attr-defined]
+            "SELECT MIN(deferred_ts) FROM messages WHERE state = 'scheduled'"
+        )
+    )
     assert "SEARCH messages USING INDEX ix_messages_scheduled" in scheduled

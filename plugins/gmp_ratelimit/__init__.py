@@ -21,13 +21,16 @@ class WindowPolicy:
         limits = account.rate_limits
         if not limits:
             return RateDecision(allowed=wanted)
-        granted, retry_at = await self.service.store.reserve_sends(account.id, limits, wanted,
-                                                                   now)
-        return RateDecision(allowed=granted, retry_at=retry_at,
-                            reject=granted < wanted and account.limit_behavior == "reject")
+        granted, retry_at = await self.service.store.reserve_sends(account.id, limits, wanted, now)
+        return RateDecision(
+            allowed=granted,
+            retry_at=retry_at,
+            reject=granted < wanted and account.limit_behavior == "reject",
+        )
 
 
 @hookimpl
-def gmp_register_rate_limit_policies(register: Callable[[str, RateLimitPolicy], None],
-                                     service: Service) -> None:
+def gmp_register_rate_limit_policies(
+    register: Callable[[str, RateLimitPolicy], None], service: Service
+) -> None:
     register("windows", WindowPolicy(service))

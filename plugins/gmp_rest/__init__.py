@@ -18,16 +18,20 @@ MiB = 1024 * 1024
 
 
 class RestSettings(Settings):
-    host: str = setting("127.0.0.1", env="GMP_HOST", min_length=1,
-                        description="address to listen on")
-    port: int = setting(8000, env="GMP_PORT", ge=0, le=65535,
-                        description="TCP port (0: any free port)")
+    host: str = setting(
+        "127.0.0.1", env="GMP_HOST", min_length=1, description="address to listen on"
+    )
+    port: int = setting(
+        8000, env="GMP_PORT", ge=0, le=65535, description="TCP port (0: any free port)"
+    )
     max_body_bytes: int = setting(10 * MiB, ge=1, description="larger request bodies get 413")
     metrics_auth: bool = setting(False, description="require the API token for /metrics")
     keep_alive_timeout: float = setting(
-        5.0, gt=0, description="idle keep-alive connections close after this")
+        5.0, gt=0, description="idle keep-alive connections close after this"
+    )
     graceful_timeout: float = setting(
-        5.0, ge=0, description="at shutdown, how long requests in progress may take (seconds)")
+        5.0, ge=0, description="at shutdown, how long requests in progress may take (seconds)"
+    )
     access_log: bool = setting(False, description="log every request (logger gmp.rest.access)")
 
 
@@ -41,7 +45,9 @@ async def gmp_startup(service: Service) -> None:
     settings: RestSettings = service.config.section("rest")
     check_exposure(service, settings.host)
     service.state["rest"] = await RestServer.start(
-        create_app(service), settings.host, settings.port,
+        create_app(service),
+        settings.host,
+        settings.port,
         keep_alive_timeout=settings.keep_alive_timeout,
         graceful_timeout=settings.graceful_timeout,
         access_log=settings.access_log,
@@ -61,4 +67,5 @@ def check_exposure(service: Service, host: str) -> None:
         return
     raise ConfigError(
         f"refusing to listen on {host} without an API token: set [token_auth] api_token "
-        "(GMP_API_TOKEN) or bind to 127.0.0.1 ([rest] host, GMP_HOST)")
+        "(GMP_API_TOKEN) or bind to 127.0.0.1 ([rest] host, GMP_HOST)"
+    )

@@ -82,6 +82,7 @@ def create_app(service: Service) -> Quart:
 
 # ---------------------------------------------------------------- plumbing
 
+
 def _service() -> Service:
     service: Service = current_app.extensions["gmp_service"]
     return service
@@ -147,8 +148,9 @@ def describe_validation(error: Exception, where: str) -> str:
     if not isinstance(error, ValidationError):
         return f"invalid {where}"
     first = error.errors(include_url=False, include_input=False)[0]
-    field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}"
-                    for part in first["loc"]).lstrip(".")
+    field = "".join(
+        f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"]
+    ).lstrip(".")
     if not field:
         return f"invalid {where}: expected a JSON object"
     if first["type"] == "missing":
@@ -180,6 +182,7 @@ async def internal_error(exc: Exception) -> ResponseReturnValue:
 
 # ---------------------------------------------------------------- formatting
 
+
 def _ts(value: float | None) -> int | None:
     return None if value is None else int(value)
 
@@ -210,8 +213,13 @@ def message_out(record: MessageRecord) -> dict[str, Any]:
     """One message in detail: addresses and headers, but neither texts nor attachment data."""
     if record.payload is None:
         return record_out(record)
-    message = Message.from_payload(record.payload, id=record.id, account_id=record.account_id,
-                                   priority=record.priority, deferred_ts=record.deferred_ts)
+    message = Message.from_payload(
+        record.payload,
+        id=record.id,
+        account_id=record.account_id,
+        priority=record.priority,
+        deferred_ts=record.deferred_ts,
+    )
     return {
         **record_out(record),
         "from": format_address(message.sender),
@@ -230,9 +238,11 @@ def message_out(record: MessageRecord) -> dict[str, Any]:
 
 
 def attachment_out(attachment: Attachment) -> dict[str, Any]:
-    return {"filename": attachment.filename,
-            "storage_path": shorten_storage_path(attachment.storage_path),
-            "mime_type": attachment.mime_type}
+    return {
+        "filename": attachment.filename,
+        "storage_path": shorten_storage_path(attachment.storage_path),
+        "mime_type": attachment.mime_type,
+    }
 
 
 def shorten_storage_path(path: str, keep: int = 80) -> str:
@@ -247,11 +257,17 @@ def shorten_storage_path(path: str, keep: int = 80) -> str:
 
 
 def event_out(event: Event) -> dict[str, Any]:
-    return {"kind": event.kind, "ts": event.ts, "code": event.code, "detail": event.detail,
-            "data": event.data}
+    return {
+        "kind": event.kind,
+        "ts": event.ts,
+        "code": event.code,
+        "detail": event.detail,
+        "data": event.data,
+    }
 
 
 # ---------------------------------------------------------------- routes
+
 
 @security_scheme([])
 @document_response(s.Ok)
@@ -310,8 +326,12 @@ async def delete_messages() -> ResponseReturnValue:
     body = await read_body(s.DeleteMessagesBody)
     result = await _service().delete_messages(body.ids)
     skipped = [{"id": id_, "reason": "in flight"} for id_ in result.in_flight]
-    return {"ok": True, "removed": len(result.removed), "not_found": result.not_found,
-            "skipped": skipped}
+    return {
+        "ok": True,
+        "removed": len(result.removed),
+        "not_found": result.not_found,
+        "skipped": skipped,
+    }
 
 
 @document_request(s.CleanupBody)
@@ -328,8 +348,8 @@ async def list_messages() -> ResponseReturnValue:
     """A page of messages in arrival order; pass ``next_cursor`` back as ``cursor``."""
     query = parse_query(s.ListMessagesQuery)
     records, next_cursor = await _service().list_messages(
-        status=query.status, account_id=query.account_id, limit=query.limit,
-        cursor=query.cursor)
+        status=query.status, account_id=query.account_id, limit=query.limit, cursor=query.cursor
+    )
     return {"ok": True, "messages": [record_out(r) for r in records], "next_cursor": next_cursor}
 
 

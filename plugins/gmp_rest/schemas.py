@@ -18,6 +18,7 @@ Status = Literal["queued", "scheduled", "sending", "sent", "error"]
 
 # ---------------------------------------------------------------- request bodies (validated)
 
+
 class AddMessagesBody(BaseModel):
     messages: list[Any]
     default_priority: Any = None
@@ -31,23 +32,27 @@ class DeleteMessagesBody(BaseModel):
 
 class CleanupBody(BaseModel):
     older_than_seconds: float | None = Field(
-        None, ge=0, description="default: [service] delivery_report_retention_seconds")
+        None, ge=0, description="default: [service] delivery_report_retention_seconds"
+    )
 
 
 # ---------------------------------------------------------------- request bodies (documented)
+
 
 class AddMessagesRequest(BaseModel):
     """Each message is checked on its own: a bad one is listed in ``rejected``."""
 
     messages: list[MessageIn]
     default_priority: int | str | None = Field(
-        None, description="for messages that give none: 0-3 or immediate|high|medium|low")
+        None, description="for messages that give none: 0-3 or immediate|high|medium|low"
+    )
 
 
 AccountRequest = AccountIn
 
 
 # ---------------------------------------------------------------- query strings
+
 
 class ListMessagesQuery(BaseModel):
     status: Status | None = None
@@ -57,11 +62,13 @@ class ListMessagesQuery(BaseModel):
 
 
 class DeleteAccountQuery(BaseModel):
-    force: bool = Field(False, description="delete even with unsent messages (they end as "
-                                           "error 'account deleted')")
+    force: bool = Field(
+        False, description="delete even with unsent messages (they end as error 'account deleted')"
+    )
 
 
 # ---------------------------------------------------------------- answers (documented)
+
 
 class Ok(BaseModel):
     ok: bool = True

@@ -37,8 +37,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port``; :class:`ConfigError` when that is impossible."""
     where = f"{host}:{port}"
     try:
-        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
     except socket.gaierror as exc:
         raise ConfigError(f"[rest] host: cannot resolve {host!r}: {exc.strerror}") from None
     family, type_, proto, _, address = infos[0]
@@ -50,8 +51,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.listen(128)
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"REST API cannot listen on {where}: {exc.strerror or exc} "
-                          "(see [rest] host and port, GMP_HOST / GMP_PORT)") from None
+        raise ConfigError(
+            f"REST API cannot listen on {where}: {exc.strerror or exc} "
+            "(see [rest] host and port, GMP_HOST / GMP_PORT)"
+        ) from None
     sock.setblocking(False)
     return sock
 
@@ -84,8 +87,16 @@ class RestServer:
         return f"http://{host}:{self.port}"
 
     @classmethod
-    async def start(cls, app: Quart, host: str, port: int, *, keep_alive_timeout: float,
-                    graceful_timeout: float, access_log: bool) -> RestServer:
+    async def start(
+        cls,
+        app: Quart,
+        host: str,
+        port: int,
+        *,
+        keep_alive_timeout: float,
+        graceful_timeout: float,
+        access_log: bool,
+    ) -> RestServer:
         sock = bind_socket(host, port)
         config = _BoundConfig(sock)
         config.keep_alive_timeout = keep_alive_timeout
@@ -94,8 +105,9 @@ class RestServer:
         config.accesslog = logging.getLogger("gmp.rest.access") if access_log else None
         config.include_server_header = False
         shutdown_event = asyncio.Event()
-        task = asyncio.create_task(serve(app, config, shutdown_trigger=shutdown_event.wait),
-                                   name="gmp-rest")
+        task = asyncio.create_task(
+            serve(app, config, shutdown_trigger=shutdown_event.wait), name="gmp-rest"
+        )
         serving = asyncio.create_task(config.serving.wait())
         try:
             await asyncio.wait({task, serving}, return_when=asyncio.FIRST_COMPLETED)

@@ -36,9 +36,11 @@ class SmtpSettings(Settings):
     connect_timeout: float = setting(10.0, description="seconds to connect and greet")
     command_timeout: float = setting(60.0, description="seconds for each SMTP command")
     cert_bundle: str | None = setting(
-        None, description="CA bundle for verifying servers (default: the system's)")
+        None, description="CA bundle for verifying servers (default: the system's)"
+    )
     local_hostname: str | None = setting(
-        None, description="name sent in EHLO (default: this host's FQDN)")
+        None, description="name sent in EHLO (default: this host's FQDN)"
+    )
     reap_interval: float = setting(15.0, description="how often idle connections are checked")
 
 
@@ -50,8 +52,11 @@ class SmtpTransport:
     def __init__(self, settings: SmtpSettings) -> None:
         self.settings = settings
         self._pools: dict[str, ConnectionPool] = {}
-        self._tls_context = (ssl.create_default_context(cafile=settings.cert_bundle)
-                             if settings.cert_bundle else None)
+        self._tls_context = (
+            ssl.create_default_context(cafile=settings.cert_bundle)
+            if settings.cert_bundle
+            else None
+        )
         self._local_hostname = settings.local_hostname
         self._reaper: asyncio.Task[None] | None = None
 
@@ -78,8 +83,9 @@ class SmtpTransport:
                 pool.release(smtp, reusable=reusable)
         return SendResult.failed("connection closed by the server", temporary=True)
 
-    async def _transaction(self, smtp: aiosmtplib.SMTP, message: OutgoingMessage,
-                           reused: bool) -> SendResult:
+    async def _transaction(
+        self, smtp: aiosmtplib.SMTP, message: OutgoingMessage, reused: bool
+    ) -> SendResult:
         assert message.data is not None
         recipients = message.recipients
         if smtp.is_ehlo_or_helo_needed:
@@ -87,12 +93,15 @@ class SmtpTransport:
         options = []
         if not (message.sender + "".join(recipients)).isascii():
             if not smtp.supports_extension("smtputf8"):
-                return SendResult.failed("the server does not support SMTPUTF8, needed for "
-                                         "non-ASCII addresses", temporary=False)
+                return SendResult.failed(
+                    "the server does not support SMTPUTF8, needed for non-ASCII addresses",
+                    temporary=False,
+                )
             options.append(b"SMTPUTF8")
         try:
-            response = await smtp.execute_command(b"MAIL", _path(b"FROM:", message.sender),
-                                                  *options)
+            response = await smtp.execute_command(
+                b"MAIL", _path(b"FROM:", message.sender), *options
+            )
         except aiosmtplib.SMTPServerDisconnected:
             if reused:
                 raise _StaleConnection from None
@@ -104,13 +113,18 @@ class SmtpTransport:
             response = await smtp.execute_command(b"RCPT", _path(b"TO:", recipient))
             if response.code not in (250, 251):
                 refused[recipient] = aiosmtplib.SMTPRecipientRefused(
-                    response.code, response.message, recipient)
+                    response.code, response.message, recipient
+                )
         if len(refused) == len(recipients):
             await smtp.rset()
             return _all_refused(refused)
         response = await smtp.data(message.data)
-        return SendResult(accepted=True, code=response.code, detail=response.message,
-                          refused={r: f"{e.code} {e.message}" for r, e in refused.items()})
+        return SendResult(
+            accepted=True,
+            code=response.code,
+            detail=response.message,
+            refused={r: f"{e.code} {e.message}" for r, e in refused.items()},
+        )
 
     async def _pool(self, account: Account) -> ConnectionPool:
         if self._local_hostname is None:
@@ -119,9 +133,12 @@ class SmtpTransport:
         pool = self._pools.get(account.id)
         if pool is None:
             pool = self._pools[account.id] = ConnectionPool(
-                account, connect_timeout=self.settings.connect_timeout,
+                account,
+                connect_timeout=self.settings.connect_timeout,
                 command_timeout=self.settings.command_timeout,
-                local_hostname=self._local_hostname, tls_context=self._tls_context)
+                local_hostname=self._local_hostname,
+                tls_context=self._tls_context,
+            )
             if self._reaper is None:
                 self._reaper = asyncio.create_task(self._reap(), name="gmp-smtp-reaper")
         pool.account = account  # the newest settings object (limits, ttl) of the same account
@@ -160,7 +177,8 @@ def _all_refused(refused: dict[str, aiosmtplib.SMTPRecipientRefused]) -> SendRes
     temporary = any(is_temporary(e.code, e.message, at_rcpt=True) for e in refused.values())
     first = next(iter(refused.values()))
     detail = "all recipients refused: " + "; ".join(
-        f"{r}: {e.code} {e.message}" for r, e in refused.items())
+        f"{r}: {e.code} {e.message}" for r, e in refused.items()
+    )
     result = SendResult.failed(detail, temporary=temporary, code=first.code)
     result.refused = {r: f"{e.code} {e.message}" for r, e in refused.items()}
     return result
@@ -181,6 +199,5 @@ def gmp_register_settings(register: Callable[[str, type[Settings]], None]) -> No
 
 
 @hookimpl
-def gmp_register_transports(register: Callable[[str, Transport], None],
-                            service: Service) -> None:
+def gmp_register_transports(register: Callable[[str, Transport], None], service: Service) -> None:
     register("smtp", SmtpTransport(service.config.section("smtp")))

@@ -36,15 +36,19 @@ def failure(exc: BaseException) -> SendResult:
     if tls is not None:
         return SendResult.failed(f"TLS failure: {tls}", temporary=False)
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
-        return SendResult.failed(f"authentication failed: {exc.message}", temporary=False,
-                                 code=exc.code)
+        return SendResult.failed(
+            f"authentication failed: {exc.message}", temporary=False, code=exc.code
+        )
     if isinstance(exc, aiosmtplib.SMTPResponseException):
-        return SendResult.failed(exc.message, temporary=is_temporary(exc.code, exc.message),
-                                 code=exc.code)
+        return SendResult.failed(
+            exc.message, temporary=is_temporary(exc.code, exc.message), code=exc.code
+        )
     if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
         return SendResult.failed(f"timed out: {exc}", temporary=True)
-    if isinstance(exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected
-                  | ConnectionError | OSError):
+    if isinstance(
+        exc,
+        aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected | ConnectionError | OSError,
+    ):
         return SendResult.failed(f"connection failed: {exc}", temporary=True)
     if isinstance(exc, aiosmtplib.SMTPException):  # STARTTLS or AUTH not offered, and such
         return SendResult.failed(f"server refused the session: {exc}", temporary=False)

@@ -25,8 +25,15 @@ QUIT_TIMEOUT = 5.0
 
 
 class ConnectionPool:
-    def __init__(self, account: Account, *, connect_timeout: float, command_timeout: float,
-                 local_hostname: str, tls_context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self,
+        account: Account,
+        *,
+        connect_timeout: float,
+        command_timeout: float,
+        local_hostname: str,
+        tls_context: ssl.SSLContext | None,
+    ) -> None:
         self.account = account
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout

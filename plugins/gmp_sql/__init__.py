@@ -19,12 +19,15 @@ __all__ = ["SqlSettings", "SqlStore"]
 
 
 class SqlSettings(Settings):
-    url: str = setting("gmp.db", env="GMP_DB_PATH",
-                       description="database: a SQLite file path, or sqlite:///path")
+    url: str = setting(
+        "gmp.db", env="GMP_DB_PATH", description="database: a SQLite file path, or sqlite:///path"
+    )
     busy_timeout_ms: int = setting(10_000, description="SQLite: wait this long for the lock")
     synchronous: Literal["normal", "full"] = setting(
-        "normal", description="SQLite: 'normal' survives a process crash (WAL); 'full' also "
-                              "a power loss, at a cost per commit")
+        "normal",
+        description="SQLite: 'normal' survives a process crash (WAL); 'full' also "
+        "a power loss, at a cost per commit",
+    )
 
 
 @hookimpl
@@ -43,12 +46,14 @@ def gmp_make_store(config: Config) -> SqlStore | None:
         file = Path(path).expanduser()
         file.parent.mkdir(parents=True, exist_ok=True)
         path = str(file)
-    return SqlStore(pw.SqliteDatabase(
-        path,
-        check_same_thread=False,  # opened on the database thread, used only there
-        pragmas={
-            "journal_mode": "wal",
-            "synchronous": settings.synchronous,
-            "busy_timeout": settings.busy_timeout_ms,
-        },
-    ))
+    return SqlStore(
+        pw.SqliteDatabase(
+            path,
+            check_same_thread=False,  # opened on the database thread, used only there
+            pragmas={
+                "journal_mode": "wal",
+                "synchronous": settings.synchronous,
+                "busy_timeout": settings.busy_timeout_ms,
+            },
+        )
+    )

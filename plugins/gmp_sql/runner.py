@@ -47,8 +47,9 @@ class _HasThread(Protocol):
 S = TypeVar("S", bound=_HasThread)
 
 
-def on_db_thread(method: Callable[Concatenate[S, P], T]) -> Callable[Concatenate[S, P],
-                                                                     Awaitable[T]]:
+def on_db_thread(
+    method: Callable[Concatenate[S, P], T],
+) -> Callable[Concatenate[S, P], Awaitable[T]]:
     """Turn a synchronous store method into an async one that runs on the database thread."""
 
     @functools.wraps(method)

@@ -118,8 +118,16 @@ class Schema:
 
     @property
     def models(self) -> list[type[pw.Model]]:
-        return [self.Message, self.Payload, self.Event, self.SentId, self.SendSlot,
-                self.Account, self.Flag, self.Version]
+        return [
+            self.Message,
+            self.Payload,
+            self.Event,
+            self.SentId,
+            self.SendSlot,
+            self.Account,
+            self.Flag,
+            self.Version,
+        ]
 
 
 def bind_schema(db: pw.Database) -> Schema:
@@ -139,12 +147,12 @@ def bind_schema(db: pw.Database) -> Schema:
     )
     m = schema.Message
     m.add_index(m.index(m.priority, m.pk, where=m.state == "queued", name="ix_messages_queued"))
-    m.add_index(m.index(m.deferred_ts, where=m.state == "scheduled",
-                        name="ix_messages_scheduled"))
+    m.add_index(m.index(m.deferred_ts, where=m.state == "scheduled", name="ix_messages_scheduled"))
     m.add_index(m.index(m.lease_until, where=m.state == "sending", name="ix_messages_sending"))
     m.add_index(m.index(m.account_id, m.state, name="ix_messages_account"))
-    m.add_index(m.index(m.reported_ts, where=m.state.in_(["sent", "error"]),
-                        name="ix_messages_final"))
+    m.add_index(
+        m.index(m.reported_ts, where=m.state.in_(["sent", "error"]), name="ix_messages_final")
+    )
     e = schema.Event
     e.add_index(e.index(e.message_id, e.pk, name="ix_events_message"))
     s = schema.SendSlot

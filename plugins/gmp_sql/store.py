@@ -135,33 +135,56 @@ class SqlStore:
     # ------------------------------------------------------------------ intake
 
     @on_db_thread
-    def enqueue(self, messages: Sequence[Message], events: Sequence[Event],
-                now: float, idempotency_window: float) -> EnqueueResult:
+    def enqueue(
+        self,
+        messages: Sequence[Message],
+        events: Sequence[Event],
+        now: float,
+        idempotency_window: float,
+    ) -> EnqueueResult:
         result = EnqueueResult()
         if not messages:
             return result
         ids = [m.id for m in messages]
         with self._write():
-            tombstones = {row[0] for chunk in _chunks(ids) for row in self._sql(
-                f"SELECT id FROM sent_ids WHERE sent_ts > ? AND id IN ({_marks(chunk)})",
-                [now - idempotency_window, *chunk])}
+            tombstones = {
+                row[0]
+                for chunk in _chunks(ids)
+                for row in self._sql(
+                    f"SELECT id FROM sent_ids WHERE sent_ts > ? AND id IN ({_marks(chunk)})",
+                    [now - idempotency_window, *chunk],
+                )
+            }
             fresh = [m for m in messages if m.id not in tombstones]
             queued: dict[str, int] = {}  # id -> pk
             for chunk in _chunks(fresh):
                 params: list[Any] = []
                 for m in chunk:
                     due_later = m.deferred_ts is not None and m.deferred_ts > now
-                    params += [m.id, m.account_id, m.priority,
-                               State.SCHEDULED if due_later else State.QUEUED,
-                               0, m.deferred_ts, now, now]
+                    params += [
+                        m.id,
+                        m.account_id,
+                        m.priority,
+                        State.SCHEDULED if due_later else State.QUEUED,
+                        0,
+                        m.deferred_ts,
+                        now,
+                        now,
+                    ]
                 rows = self._sql(_ENQUEUE_SQL.format(rows=_value_rows(len(chunk), 8)), params)
                 queued.update(rows)
             self._write_payloads([(queued[m.id], m) for m in fresh if m.id in queued])
             self._insert_events(e for e in events if e.message_id in queued)
             refused = [i for i in ids if i not in queued]
-            states = dict(self._sql(
-                f"SELECT id, state FROM messages WHERE id IN ({_marks(refused)})", refused)
-            ) if refused else {}
+            states = (
+                dict(
+                    self._sql(
+                        f"SELECT id, state FROM messages WHERE id IN ({_marks(refused)})", refused
+                    )
+                )
+                if refused
+                else {}
+            )
         for message_id in ids:
             if message_id in queued:
                 result.queued.append(message_id)
@@ -173,19 +196,37 @@ class SqlStore:
     # ------------------------------------------------------------------ dispatch
 
     @on_db_thread
-    def claim(self, worker: str, now: float, *, limit: int, lease_seconds: float,
-              default_batch_size: int, max_priority: int = 3) -> list[Claim]:
+    def claim(
+        self,
+        worker: str,
+        now: float,
+        *,
+        limit: int,
+        lease_seconds: float,
+        default_batch_size: int,
+        max_priority: int = 3,
+    ) -> list[Claim]:
         lease_until = now + lease_seconds
         with self._write():
             self._sql(_PROMOTE_SQL, (now, now))
-            rows = self._sql(_CLAIM_SQL, (max_priority, limit * 4, default_batch_size,
-                                          worker, lease_until, now, limit))
+            rows = self._sql(
+                _CLAIM_SQL,
+                (max_priority, limit * 4, default_batch_size, worker, lease_until, now, limit),
+            )
             payloads = self._payloads([row[0] for row in rows])
         claims = [
             Claim(
-                message=Message.from_payload(payloads[pk], id=id_, account_id=account,
-                                             priority=priority, deferred_ts=deferred_ts),
-                attempts=attempts, lease_until=lease_until, seq=pk)
+                message=Message.from_payload(
+                    payloads[pk],
+                    id=id_,
+                    account_id=account,
+                    priority=priority,
+                    deferred_ts=deferred_ts,
+                ),
+                attempts=attempts,
+                lease_until=lease_until,
+                seq=pk,
+            )
             for pk, id_, account, priority, attempts, deferred_ts in rows
         ]
         claims.sort(key=lambda c: (c.message.priority, c.seq))  # RETURNING has no order
@@ -198,7 +239,8 @@ class SqlStore:
                 self._sql(
                     f"UPDATE messages SET lease_until = ? WHERE state = 'sending' "
                     f"AND claimed_by = ? AND id IN ({_marks(chunk)})",
-                    [lease_until, worker, *chunk])
+                    [lease_until, worker, *chunk],
+                )
 
     @on_db_thread
     def record(self, worker: str, outcomes: Sequence[Outcome], now: float) -> list[str]:
@@ -207,20 +249,28 @@ class SqlStore:
             for chunk in _chunks(outcomes):
                 params: list[Any] = []
                 for o in chunk:
-                    params += [o.message_id, o.state, o.deferred_ts, o.attempts, o.error,
-                               now if o.state == State.SENT else None,
-                               now if o.state == State.ERROR else None]
+                    params += [
+                        o.message_id,
+                        o.state,
+                        o.deferred_ts,
+                        o.attempts,
+                        o.error,
+                        now if o.state == State.SENT else None,
+                        now if o.state == State.ERROR else None,
+                    ]
                 sql = _RECORD_SQL.format(rows=_value_rows(len(chunk), 7))
                 applied.update(row[0] for row in self._sql(sql, [*params, now, worker]))
-            self._insert_events(o.event for o in outcomes
-                                      if o.event is not None and o.message_id in applied)
+            self._insert_events(
+                o.event for o in outcomes if o.event is not None and o.message_id in applied
+            )
         return [o.message_id for o in outcomes if o.message_id in applied]
 
     @on_db_thread
     def next_due(self, now: float) -> float | None:
         rows = self._sql(
             "SELECT (SELECT MIN(deferred_ts) FROM messages WHERE state = 'scheduled'), "
-            "(SELECT MIN(lease_until) FROM messages WHERE state = 'sending')")
+            "(SELECT MIN(lease_until) FROM messages WHERE state = 'sending')"
+        )
         times = [t for t in rows[0] if t is not None]
         return min(times) if times else None
 
@@ -232,8 +282,9 @@ class SqlStore:
     def _payloads(self, pks: Sequence[int]) -> dict[int, dict[str, Any]]:
         found: dict[int, dict[str, Any]] = {}
         for chunk in _chunks(pks):
-            rows = self._sql(f"SELECT pk, payload FROM message_payloads WHERE pk IN "
-                             f"({_marks(chunk)})", chunk)
+            rows = self._sql(
+                f"SELECT pk, payload FROM message_payloads WHERE pk IN ({_marks(chunk)})", chunk
+            )
             found.update((pk, json.loads(payload)) for pk, payload in rows)
         return found
 
@@ -241,28 +292,41 @@ class SqlStore:
         for chunk in _chunks(list(events)):
             params: list[Any] = []
             for e in chunk:
-                params += [e.message_id, e.account_id, e.ts, e.kind, e.code, e.detail,
-                           _dumps(e.data)]
-            self._sql(f"INSERT INTO message_events {_EVENT_COLUMNS} VALUES "
-                      f"{_value_rows(len(chunk), 7)}", params)
+                params += [
+                    e.message_id,
+                    e.account_id,
+                    e.ts,
+                    e.kind,
+                    e.code,
+                    e.detail,
+                    _dumps(e.data),
+                ]
+            self._sql(
+                f"INSERT INTO message_events {_EVENT_COLUMNS} VALUES {_value_rows(len(chunk), 7)}",
+                params,
+            )
 
     # ------------------------------------------------------------------ rate limits
 
     @on_db_thread
-    def reserve_sends(self, account_id: str, limits: Sequence[tuple[int, int]],
-                      wanted: int, now: float) -> tuple[int, list[float]]:
+    def reserve_sends(
+        self, account_id: str, limits: Sequence[tuple[int, int]], wanted: int, now: float
+    ) -> tuple[int, list[float]]:
         with self._write():
             self._prune_slots(now)
             counts = {}
             for window, _ in limits:
-                rows = self._sql("SELECT COUNT(*) FROM send_slots WHERE account_id = ? "
-                                       "AND ts > ?", (account_id, now - window))
+                rows = self._sql(
+                    "SELECT COUNT(*) FROM send_slots WHERE account_id = ? AND ts > ?",
+                    (account_id, now - window),
+                )
                 counts[window] = rows[0][0]
             granted = max(0, min(wanted, *(limit - counts[w] for w, limit in limits)))
             for chunk in _chunks([now] * granted):
-                self._sql(f"INSERT INTO send_slots (account_id, ts) VALUES "
-                          f"{_value_rows(len(chunk), 2)}",
-                                [v for ts in chunk for v in (account_id, ts)])
+                self._sql(
+                    f"INSERT INTO send_slots (account_id, ts) VALUES {_value_rows(len(chunk), 2)}",
+                    [v for ts in chunk for v in (account_id, ts)],
+                )
             refused = wanted - granted
             retry_at = [now] * refused
             for window, limit in limits:
@@ -270,8 +334,9 @@ class SqlStore:
                     continue
                 # The j-th refused message may go when the j-th oldest slot leaves the window.
                 rows = self._sql(
-                    "SELECT ts FROM send_slots WHERE account_id = ? AND ts > ? "
-                    "ORDER BY ts LIMIT ?", (account_id, now - window, refused))
+                    "SELECT ts FROM send_slots WHERE account_id = ? AND ts > ? ORDER BY ts LIMIT ?",
+                    (account_id, now - window, refused),
+                )
                 frees = [ts + window for (ts,) in rows]
                 frees += [now + window] * (refused - len(frees))
                 retry_at = [max(a, b) for a, b in zip(retry_at, frees, strict=True)]
@@ -291,8 +356,7 @@ class SqlStore:
         values.update(created_at=now, updated_at=now)
         update = {k: v for k, v in values.items() if k not in ("id", "created_at")}
         with self._write():
-            row.insert(**values).on_conflict(
-                conflict_target=[row.id], update=update).execute()
+            row.insert(**values).on_conflict(conflict_target=[row.id], update=update).execute()
 
     @on_db_thread
     def get_accounts(self, ids: Sequence[str]) -> dict[str, Account]:
@@ -308,25 +372,30 @@ class SqlStore:
         return [_account(r) for r in rows]
 
     @on_db_thread
-    def delete_account(self, account_id: str, *, force: bool,
-                       now: float) -> AccountDeletion:
+    def delete_account(self, account_id: str, *, force: bool, now: float) -> AccountDeletion:
         msg, account = self.schema.Message, self.schema.Account
         with self._write():
             if not account.select().where(account.id == account_id).exists():
                 return AccountDeletion(found=False)
             unsent_rows = self._sql(
                 "SELECT id, state FROM messages WHERE account_id = ? AND state IN (?, ?, ?)",
-                (account_id, *UNSENT))
+                (account_id, *UNSENT),
+            )
             if unsent_rows and not force:
                 return AccountDeletion(found=True, unsent=len(unsent_rows))
             # Messages being sent right now finish; their next attempt finds no account.
             waiting = [id_ for id_, state in unsent_rows if state != State.SENDING]
             for chunk in _chunks(waiting):
                 msg.update(
-                    state=State.ERROR, error="account deleted", error_ts=now, updated_at=now,
-                    reported_ts=None).where(msg.id.in_(chunk)).execute()
-            events = [Event("error", id_, account_id, now, detail="account deleted")
-                      for id_ in waiting]
+                    state=State.ERROR,
+                    error="account deleted",
+                    error_ts=now,
+                    updated_at=now,
+                    reported_ts=None,
+                ).where(msg.id.in_(chunk)).execute()
+            events = [
+                Event("error", id_, account_id, now, detail="account deleted") for id_ in waiting
+            ]
             self._insert_events(events)
             account.delete().where(account.id == account_id).execute()
         return AccountDeletion(found=True, deleted=True, unsent=len(unsent_rows), events=events)
@@ -334,8 +403,9 @@ class SqlStore:
     # ------------------------------------------------------------------ admin
 
     @on_db_thread
-    def list_messages(self, *, status: str | None, account_id: str | None, limit: int,
-                      cursor: int | None) -> tuple[list[MessageRecord], int | None]:
+    def list_messages(
+        self, *, status: str | None, account_id: str | None, limit: int, cursor: int | None
+    ) -> tuple[list[MessageRecord], int | None]:
         msg = self.schema.Message
         query = msg.select().order_by(msg.pk).limit(limit)
         if status:
@@ -354,8 +424,7 @@ class SqlStore:
         rows = _dicts(msg.select().where(msg.id == message_id))
         if not rows:
             return None
-        events = _dicts(event.select().where(
-            event.message_id == message_id).order_by(event.pk))
+        events = _dicts(event.select().where(event.message_id == message_id).order_by(event.pk))
         record = _record(rows[0])
         record.payload = self._payloads([rows[0]["pk"]]).get(rows[0]["pk"])
         return record, [_event(e) for e in events]
@@ -367,8 +436,9 @@ class SqlStore:
         with self._write():
             states: dict[str, tuple[str, float | None]] = {}
             for chunk in _chunks(ids):
-                rows = self._sql(f"SELECT id, state, sent_ts FROM messages WHERE id IN "
-                                 f"({_marks(chunk)})", chunk)
+                rows = self._sql(
+                    f"SELECT id, state, sent_ts FROM messages WHERE id IN ({_marks(chunk)})", chunk
+                )
                 states.update((id_, (state, sent_ts)) for id_, state, sent_ts in rows)
             for id_ in ids:
                 state = states.get(id_, (None, None))[0]
@@ -378,19 +448,23 @@ class SqlStore:
                     result.in_flight.append(id_)
                 else:
                     result.removed.append(id_)
-            sent = [(id_, states[id_][1] or now) for id_ in result.removed
-                    if states[id_][0] == State.SENT]
+            sent = [
+                (id_, states[id_][1] or now)
+                for id_ in result.removed
+                if states[id_][0] == State.SENT
+            ]
             self._remember_sent(sent)
             self._delete_rows(result.removed)
         return result
 
     @on_db_thread
-    def cleanup(self, reported_before: float, now: float,
-                idempotency_window: float) -> int:
+    def cleanup(self, reported_before: float, now: float, idempotency_window: float) -> int:
         with self._write():
             rows = self._sql(
                 "SELECT id, state, sent_ts FROM messages WHERE state IN ('sent', 'error') "
-                "AND reported_ts IS NOT NULL AND reported_ts < ?", (reported_before,))
+                "AND reported_ts IS NOT NULL AND reported_ts < ?",
+                (reported_before,),
+            )
             self._remember_sent([(id_, ts) for id_, state, ts in rows if state == "sent"])
             self._delete_rows([id_ for id_, _, _ in rows])
             self._sql("DELETE FROM sent_ids WHERE sent_ts <= ?", (now - idempotency_window,))
@@ -398,14 +472,19 @@ class SqlStore:
 
     def _remember_sent(self, sent: Sequence[tuple[str, float]]) -> None:
         for chunk in _chunks(sent):
-            self._sql(f"INSERT INTO sent_ids (id, sent_ts) VALUES "
-                      f"{_value_rows(len(chunk), 2)} ON CONFLICT (id) DO NOTHING",
-                            [v for pair in chunk for v in pair])
+            self._sql(
+                f"INSERT INTO sent_ids (id, sent_ts) VALUES "
+                f"{_value_rows(len(chunk), 2)} ON CONFLICT (id) DO NOTHING",
+                [v for pair in chunk for v in pair],
+            )
 
     def _delete_rows(self, ids: Sequence[str]) -> None:
         for chunk in _chunks(ids):
-            self._sql(f"DELETE FROM message_payloads WHERE pk IN (SELECT pk FROM messages "
-                      f"WHERE id IN ({_marks(chunk)}))", chunk)
+            self._sql(
+                f"DELETE FROM message_payloads WHERE pk IN (SELECT pk FROM messages "
+                f"WHERE id IN ({_marks(chunk)}))",
+                chunk,
+            )
             self._sql(f"DELETE FROM message_events WHERE message_id IN ({_marks(chunk)})", chunk)
             self._sql(f"DELETE FROM messages WHERE id IN ({_marks(chunk)})", chunk)
 
@@ -426,10 +505,12 @@ class SqlStore:
         flag = self.schema.Flag
         with self._write():
             flag.insert(name=name, value=value).on_conflict(
-                conflict_target=[flag.name], update={flag.value: value}).execute()
+                conflict_target=[flag.name], update={flag.value: value}
+            ).execute()
 
 
 # ---------------------------------------------------------------------- helpers
+
 
 def _dicts(query: pw.ModelSelect[Any]) -> list[dict[str, Any]]:
     """Rows as dicts (peewee's stubs type ``.dicts()`` rows as model instances)."""
@@ -456,9 +537,22 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-_ACCOUNT_FIELDS = ("id", "host", "port", "user", "password", "tls", "limit_per_minute",
-                   "limit_per_hour", "limit_per_day", "limit_behavior", "batch_size",
-                   "max_connections", "ttl", "transport")
+_ACCOUNT_FIELDS = (
+    "id",
+    "host",
+    "port",
+    "user",
+    "password",
+    "tls",
+    "limit_per_minute",
+    "limit_per_hour",
+    "limit_per_day",
+    "limit_behavior",
+    "batch_size",
+    "max_connections",
+    "ttl",
+    "transport",
+)
 
 
 def _account_columns(account: Account) -> dict[str, Any]:
@@ -475,13 +569,28 @@ def _account(row: dict[str, Any]) -> Account:
 
 def _record(row: dict[str, Any]) -> MessageRecord:
     return MessageRecord(
-        id=row["id"], account_id=row["account_id"], priority=row["priority"],
-        status=row["state"], deferred_ts=row["deferred_ts"], sent_ts=row["sent_ts"],
-        error_ts=row["error_ts"], error=row["error"], reported_ts=row["reported_ts"],
-        created_at=row["created_at"], updated_at=row["updated_at"], attempts=row["attempts"])
+        id=row["id"],
+        account_id=row["account_id"],
+        priority=row["priority"],
+        status=row["state"],
+        deferred_ts=row["deferred_ts"],
+        sent_ts=row["sent_ts"],
+        error_ts=row["error_ts"],
+        error=row["error"],
+        reported_ts=row["reported_ts"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        attempts=row["attempts"],
+    )
 
 
 def _event(row: dict[str, Any]) -> Event:
-    return Event(kind=row["kind"], message_id=row["message_id"], account_id=row["account_id"],
-                 ts=row["ts"], code=row["code"], detail=row["detail"],
-                 data=json.loads(row["data"]))
+    return Event(
+        kind=row["kind"],
+        message_id=row["message_id"],
+        account_id=row["account_id"],
+        ts=row["ts"],
+        code=row["code"],
+        detail=row["detail"],
+        data=json.loads(row["data"]),
+    )

@@ -15,8 +15,9 @@ HEADER = "x-api-token"  # the core hands plugins lower-cased header names
 
 
 class TokenAuthSettings(Settings):
-    api_token: str = setting("", env="GMP_API_TOKEN",
-                             description="the value clients send in X-API-Token")
+    api_token: str = setting(
+        "", env="GMP_API_TOKEN", description="the value clients send in X-API-Token"
+    )
 
 
 @hookimpl

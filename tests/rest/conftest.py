@@ -48,8 +48,9 @@ async def service(start_service: ServiceFactory) -> Service:
 @pytest.fixture
 async def client(service: Service) -> AsyncIterator[httpx.AsyncClient]:
     """An authenticated client of ``service``."""
-    async with httpx.AsyncClient(base_url=base_url(service),
-                                 headers={"X-API-Token": TOKEN}) as http:
+    async with httpx.AsyncClient(
+        base_url=base_url(service), headers={"X-API-Token": TOKEN}
+    ) as http:
         yield http
 
 

@@ -18,8 +18,9 @@ class MemoryVolumes:
     __name__ = "test-rest-volumes"
 
     @hookimpl
-    def gmp_register_volume_backends(self, register: Callable[[str, Any], None],
-                                     service: Service) -> None:
+    def gmp_register_volume_backends(
+        self, register: Callable[[str, Any], None], service: Service
+    ) -> None:
         register("mem", self)
 
     def accepts(self, account_id: str) -> bool:
@@ -50,5 +51,12 @@ def account(id: str = "acc", **fields: Any) -> dict[str, Any]:
 
 
 def message(id: str, **fields: Any) -> dict[str, Any]:
-    return {"id": id, "account_id": "acc", "from": "sender@example.com",
-            "to": "rcpt@example.com", "subject": f"message {id}", "body": "hello", **fields}
+    return {
+        "id": id,
+        "account_id": "acc",
+        "from": "sender@example.com",
+        "to": "rcpt@example.com",
+        "subject": f"message {id}",
+        "body": "hello",
+        **fields,
+    }

@@ -34,11 +34,17 @@ async def test_health_is_503_when_a_loop_died(suspended: httpx.AsyncClient) -> N
 
 
 @pytest.mark.parametrize("headers", [{}, {"X-API-Token": "wrong"}, {"X-API-Token": ""}])
-async def test_missing_or_wrong_token_is_401(anonymous: httpx.AsyncClient,
-                                             headers: dict[str, str]) -> None:
-    for method, path in [("GET", "/status"), ("POST", "/commands/add-messages"),
-                         ("GET", "/messages"), ("GET", "/accounts"),
-                         ("DELETE", "/account/acc"), ("GET", "/no-such-path")]:
+async def test_missing_or_wrong_token_is_401(
+    anonymous: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    for method, path in [
+        ("GET", "/status"),
+        ("POST", "/commands/add-messages"),
+        ("GET", "/messages"),
+        ("GET", "/accounts"),
+        ("DELETE", "/account/acc"),
+        ("GET", "/no-such-path"),
+    ]:
         response = await anonymous.request(method, path, headers=headers)
         assert response.status_code == 401, (method, path)
         assert response.json() == {"ok": False, "error": "Invalid or missing API token"}
@@ -73,10 +79,21 @@ async def test_openapi_lists_the_paths_without_a_token(anonymous: httpx.AsyncCli
     assert response.status_code == 200
     spec = response.json()
     assert spec["openapi"].startswith("3.")
-    assert {"/health", "/status", "/commands/add-messages", "/commands/run-now",
-            "/commands/suspend", "/commands/activate", "/commands/delete-messages",
-            "/commands/cleanup-messages", "/messages", "/messages/{message_id}", "/account",
-            "/accounts", "/account/{account_id}"} <= set(spec["paths"])
+    assert {
+        "/health",
+        "/status",
+        "/commands/add-messages",
+        "/commands/run-now",
+        "/commands/suspend",
+        "/commands/activate",
+        "/commands/delete-messages",
+        "/commands/cleanup-messages",
+        "/messages",
+        "/messages/{message_id}",
+        "/account",
+        "/accounts",
+        "/account/{account_id}",
+    } <= set(spec["paths"])
     add = spec["paths"]["/commands/add-messages"]["post"]
     assert "MessageIn" in json.dumps(add["requestBody"])
     assert spec["paths"]["/health"]["get"]["security"] == []
@@ -89,8 +106,9 @@ async def test_openapi_lists_the_paths_without_a_token(anonymous: httpx.AsyncCli
 
 
 async def test_add_messages_queues(suspended: httpx.AsyncClient) -> None:
-    response = await suspended.post("/commands/add-messages", json={
-        "messages": [message("m1"), message("m2", priority="high")]})
+    response = await suspended.post(
+        "/commands/add-messages", json={"messages": [message("m1"), message("m2", priority="high")]}
+    )
     assert response.status_code == 200
     assert response.json() == {"ok": True, "queued": 2, "rejected": []}
     counts = (await suspended.get("/status")).json()["queue"]
@@ -98,16 +116,21 @@ async def test_add_messages_queues(suspended: httpx.AsyncClient) -> None:
 
 
 async def test_one_bad_message_never_fails_the_batch(suspended: httpx.AsyncClient) -> None:
-    response = await suspended.post("/commands/add-messages", json={"messages": [
-        message("good1"),
-        message("no-to", to=""),
-        message("bad-addr", to="not an address"),
-        message("crlf", subject="Hello\r\nBcc: victim@example.com"),
-        message("crlf-header", headers={"X-Tag": "a\nb"}),
-        message("no-account", account_id="ghost"),
-        "not an object",
-        message("good2"),
-    ]})
+    response = await suspended.post(
+        "/commands/add-messages",
+        json={
+            "messages": [
+                message("good1"),
+                message("no-to", to=""),
+                message("bad-addr", to="not an address"),
+                message("crlf", subject="Hello\r\nBcc: victim@example.com"),
+                message("crlf-header", headers={"X-Tag": "a\nb"}),
+                message("no-account", account_id="ghost"),
+                "not an object",
+                message("good2"),
+            ]
+        },
+    )
     assert response.status_code == 200
     body = response.json()
     assert body["ok"] is True and body["queued"] == 2
@@ -130,16 +153,24 @@ async def test_missing_to_is_named(suspended: httpx.AsyncClient) -> None:
 
 
 async def test_default_priority_of_the_batch(suspended: httpx.AsyncClient) -> None:
-    await suspended.post("/commands/add-messages", json={
-        "messages": [message("m1"), message("m2", priority=3)], "default_priority": "immediate"})
-    priorities = {m["id"]: m["priority"]
-                  for m in (await suspended.get("/messages")).json()["messages"]}
+    await suspended.post(
+        "/commands/add-messages",
+        json={
+            "messages": [message("m1"), message("m2", priority=3)],
+            "default_priority": "immediate",
+        },
+    )
+    priorities = {
+        m["id"]: m["priority"] for m in (await suspended.get("/messages")).json()["messages"]
+    }
     assert priorities == {"m1": 0, "m2": 3}
 
 
 async def test_bad_default_priority_is_400(suspended: httpx.AsyncClient) -> None:
-    response = await suspended.post("/commands/add-messages", json={
-        "messages": [message("m1")], "default_priority": "urgentissimo"})
+    response = await suspended.post(
+        "/commands/add-messages",
+        json={"messages": [message("m1")], "default_priority": "urgentissimo"},
+    )
     assert response.status_code == 400
     assert response.json()["ok"] is False
     assert "default_priority" in response.json()["error"]
@@ -149,16 +180,20 @@ async def test_too_many_messages_is_400(suspended: httpx.AsyncClient) -> None:
     messages = [message(f"m{i}") for i in range(1001)]
     response = await suspended.post("/commands/add-messages", json={"messages": messages})
     assert response.status_code == 400
-    assert response.json() == {"ok": False,
-                               "error": "Cannot enqueue more than 1000 messages at once"}
+    assert response.json() == {
+        "ok": False,
+        "error": "Cannot enqueue more than 1000 messages at once",
+    }
     assert (await suspended.get("/messages")).json()["messages"] == []
 
 
 async def test_duplicate_id_replaced_while_queued(suspended: httpx.AsyncClient) -> None:
-    first = await suspended.post("/commands/add-messages",
-                                 json={"messages": [message("dup", subject="first")]})
-    second = await suspended.post("/commands/add-messages",
-                                  json={"messages": [message("dup", subject="second")]})
+    first = await suspended.post(
+        "/commands/add-messages", json={"messages": [message("dup", subject="first")]}
+    )
+    second = await suspended.post(
+        "/commands/add-messages", json={"messages": [message("dup", subject="second")]}
+    )
     assert first.json()["queued"] == 1 and second.json()["queued"] == 1
     listed = (await suspended.get("/messages")).json()["messages"]
     assert [m["id"] for m in listed] == ["dup"]
@@ -167,8 +202,11 @@ async def test_duplicate_id_replaced_while_queued(suspended: httpx.AsyncClient) 
 
 
 async def test_malformed_json_is_400(client: httpx.AsyncClient) -> None:
-    response = await client.post("/commands/add-messages", content=b'{"messages": [',
-                                 headers={"Content-Type": "application/json"})
+    response = await client.post(
+        "/commands/add-messages",
+        content=b'{"messages": [',
+        headers={"Content-Type": "application/json"},
+    )
     assert response.status_code == 400
     body = response.json()
     assert body["ok"] is False and body["error"].startswith("invalid JSON body")
@@ -181,21 +219,26 @@ async def test_body_not_utf8_is_400(client: httpx.AsyncClient) -> None:
 
 
 async def test_json_without_content_type_is_accepted(suspended: httpx.AsyncClient) -> None:
-    response = await suspended.post("/commands/add-messages",
-                                    content=json.dumps({"messages": [message("m1")]}))
+    response = await suspended.post(
+        "/commands/add-messages", content=json.dumps({"messages": [message("m1")]})
+    )
     assert response.json() == {"ok": True, "queued": 1, "rejected": []}
 
 
-@pytest.mark.parametrize(("path", "payload", "field"), [
-    ("/commands/add-messages", {"messages": "m1"}, "messages"),
-    ("/commands/add-messages", {}, "messages"),
-    ("/commands/add-messages", [], "body"),
-    ("/commands/delete-messages", {"ids": "m1"}, "ids"),
-    ("/commands/delete-messages", {"ids": [["nested"]]}, "ids[0]"),
-    ("/commands/cleanup-messages", {"older_than_seconds": "soon"}, "older_than_seconds"),
-])
-async def test_schema_errors_are_422_naming_the_field(client: httpx.AsyncClient, path: str,
-                                                      payload: object, field: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "payload", "field"),
+    [
+        ("/commands/add-messages", {"messages": "m1"}, "messages"),
+        ("/commands/add-messages", {}, "messages"),
+        ("/commands/add-messages", [], "body"),
+        ("/commands/delete-messages", {"ids": "m1"}, "ids"),
+        ("/commands/delete-messages", {"ids": [["nested"]]}, "ids[0]"),
+        ("/commands/cleanup-messages", {"older_than_seconds": "soon"}, "older_than_seconds"),
+    ],
+)
+async def test_schema_errors_are_422_naming_the_field(
+    client: httpx.AsyncClient, path: str, payload: object, field: str
+) -> None:
     response = await client.post(path, json=payload)
     assert response.status_code == 422
     body = response.json()
@@ -212,13 +255,16 @@ async def small_limit(start_service: ServiceFactory) -> Service:
 
 
 async def test_body_over_the_limit_is_413(small_limit: Service) -> None:
-    async with httpx.AsyncClient(base_url=base_url(small_limit),
-                                 headers={"X-API-Token": TOKEN}) as http:
+    async with httpx.AsyncClient(
+        base_url=base_url(small_limit), headers={"X-API-Token": TOKEN}
+    ) as http:
         big = {"messages": [message("m1", body="x" * 4096)]}
         response = await http.post("/commands/add-messages", json=big)
         assert response.status_code == 413
-        assert response.json() == {"ok": False,
-                                   "error": "request body too large (limit 2048 bytes)"}
+        assert response.json() == {
+            "ok": False,
+            "error": "request body too large (limit 2048 bytes)",
+        }
         small = await http.post("/commands/add-messages", json={"messages": []})
         assert small.json() == {"ok": True, "queued": 0, "rejected": []}
 
@@ -228,8 +274,9 @@ async def test_chunked_body_over_the_limit_is_413(small_limit: Service) -> None:
         for _ in range(4):
             yield b" " * 1024
 
-    async with httpx.AsyncClient(base_url=base_url(small_limit),
-                                 headers={"X-API-Token": TOKEN}) as http:
+    async with httpx.AsyncClient(
+        base_url=base_url(small_limit), headers={"X-API-Token": TOKEN}
+    ) as http:
         response = await http.post("/commands/add-messages", content=chunks())
         assert response.status_code == 413
 
@@ -239,10 +286,12 @@ async def test_413_comes_before_the_body_is_read(small_limit: Service) -> None:
     server = small_limit.state["rest"]
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
-        writer.write(b"POST /commands/add-messages HTTP/1.1\r\nHost: test\r\n"
-                     b"X-API-Token: " + TOKEN.encode() + b"\r\n"
-                     b"Content-Type: application/json\r\n"
-                     b"Content-Length: 10485760\r\n\r\n{\"messages\": [")
+        writer.write(
+            b"POST /commands/add-messages HTTP/1.1\r\nHost: test\r\n"
+            b"X-API-Token: " + TOKEN.encode() + b"\r\n"
+            b"Content-Type: application/json\r\n"
+            b'Content-Length: 10485760\r\n\r\n{"messages": ['
+        )
         await writer.drain()
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert head.startswith(b"HTTP/1.1 413 ")
@@ -254,8 +303,9 @@ async def test_413_comes_before_the_body_is_read(small_limit: Service) -> None:
 
 
 async def test_delete_messages(suspended: httpx.AsyncClient) -> None:
-    await suspended.post("/commands/add-messages",
-                         json={"messages": [message("m1"), message("m2")]})
+    await suspended.post(
+        "/commands/add-messages", json={"messages": [message("m1"), message("m2")]}
+    )
     response = await suspended.post("/commands/delete-messages", json={"ids": ["m1", "ghost"]})
     assert response.json() == {"ok": True, "removed": 1, "not_found": ["ghost"], "skipped": []}
     listed = (await suspended.get("/messages")).json()["messages"]
@@ -263,19 +313,24 @@ async def test_delete_messages(suspended: httpx.AsyncClient) -> None:
 
 
 async def test_cleanup_messages_with_and_without_a_body(client: httpx.AsyncClient) -> None:
-    assert (await client.post("/commands/cleanup-messages")).json() == {"ok": True,
-                                                                        "removed": 0}
-    response = await client.post("/commands/cleanup-messages",
-                                 json={"older_than_seconds": 3600})
+    assert (await client.post("/commands/cleanup-messages")).json() == {"ok": True, "removed": 0}
+    response = await client.post("/commands/cleanup-messages", json={"older_than_seconds": 3600})
     assert response.json() == {"ok": True, "removed": 0}
 
 
 async def test_list_messages_pages_and_filters(suspended: httpx.AsyncClient) -> None:
     await suspended.post("/account", json=account("other"))
     ids = [f"m{i}" for i in range(5)]
-    await suspended.post("/commands/add-messages", json={"messages": [
-        *(message(i) for i in ids), message("far", deferred_ts=4_000_000_000),
-        message("o1", account_id="other")]})
+    await suspended.post(
+        "/commands/add-messages",
+        json={
+            "messages": [
+                *(message(i) for i in ids),
+                message("far", deferred_ts=4_000_000_000),
+                message("o1", account_id="other"),
+            ]
+        },
+    )
 
     seen: list[str] = []
     cursor = None
@@ -295,9 +350,20 @@ async def test_list_messages_pages_and_filters(suspended: httpx.AsyncClient) -> 
     scheduled = (await suspended.get("/messages", params={"status": "scheduled"})).json()
     [far] = scheduled["messages"]
     assert far["id"] == "far" and far["deferred_ts"] == 4_000_000_000
-    assert set(far) == {"id", "account_id", "priority", "status", "deferred_ts", "sent_ts",
-                        "error_ts", "error", "reported_ts", "attempts", "created_at",
-                        "updated_at"}
+    assert set(far) == {
+        "id",
+        "account_id",
+        "priority",
+        "status",
+        "deferred_ts",
+        "sent_ts",
+        "error_ts",
+        "error",
+        "reported_ts",
+        "attempts",
+        "created_at",
+        "updated_at",
+    }
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", far["created_at"])
     assert far["sent_ts"] is None and far["status"] == "scheduled"
 
@@ -306,22 +372,39 @@ async def test_list_messages_pages_and_filters(suspended: httpx.AsyncClient) -> 
     assert len(everything["messages"]) == 7
 
 
-@pytest.mark.parametrize(("query", "field"), [
-    ("status=bogus", "status"), ("limit=0", "limit"), ("limit=1001", "limit"),
-    ("cursor=abc", "cursor"),
-])
-async def test_list_messages_bad_query(client: httpx.AsyncClient, query: str,
-                                       field: str) -> None:
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("status=bogus", "status"),
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("cursor=abc", "cursor"),
+    ],
+)
+async def test_list_messages_bad_query(client: httpx.AsyncClient, query: str, field: str) -> None:
     response = await client.get(f"/messages?{query}")
     assert response.status_code == 422
     assert response.json()["error"].startswith(f"invalid {field}")
 
 
 async def test_get_message_with_events(suspended: httpx.AsyncClient) -> None:
-    await suspended.post("/commands/add-messages", json={"messages": [message(
-        "m1", to='"Doe, John" <john@example.com>, jane@example.com', cc=["Carl <c@example.com>"],
-        html="<p>hi</p>", headers={"X-Campaign": "autumn"},
-        attachments=[{"filename": "a.txt", "storage_path": "mem:reports/a.txt?sig=SECRET"}])]})
+    await suspended.post(
+        "/commands/add-messages",
+        json={
+            "messages": [
+                message(
+                    "m1",
+                    to='"Doe, John" <john@example.com>, jane@example.com',
+                    cc=["Carl <c@example.com>"],
+                    html="<p>hi</p>",
+                    headers={"X-Campaign": "autumn"},
+                    attachments=[
+                        {"filename": "a.txt", "storage_path": "mem:reports/a.txt?sig=SECRET"}
+                    ],
+                )
+            ]
+        },
+    )
     response = await suspended.get("/messages/m1")
     assert response.status_code == 200
     body = response.json()
@@ -358,8 +441,11 @@ async def test_get_unknown_message_is_404(client: httpx.AsyncClient) -> None:
 
 
 async def test_accounts_upsert_and_list_without_password(client: httpx.AsyncClient) -> None:
-    assert (await client.post("/account", json=account(
-        user="u", password="hunter2-password", limit_per_minute=10))).json() == {"ok": True}
+    assert (
+        await client.post(
+            "/account", json=account(user="u", password="hunter2-password", limit_per_minute=10)
+        )
+    ).json() == {"ok": True}
     assert (await client.post("/account", json=account(port=2525))).json() == {"ok": True}
     response = await client.get("/accounts")
     assert "hunter2" not in response.text
@@ -426,10 +512,12 @@ class ExplodingAuth:
 
 
 async def test_unexpected_error_is_500_without_details(
-        start_service: ServiceFactory, caplog: pytest.LogCaptureFixture) -> None:
+    start_service: ServiceFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     service = await start_service(ExplodingAuth())
-    async with httpx.AsyncClient(base_url=base_url(service),
-                                 headers={"X-API-Token": TOKEN}) as http:
+    async with httpx.AsyncClient(
+        base_url=base_url(service), headers={"X-API-Token": TOKEN}
+    ) as http:
         with caplog.at_level(logging.ERROR, logger="gmp.rest"):
             response = await http.get("/status", headers={"X-Explode": "1"})
         assert response.status_code == 500
@@ -439,17 +527,22 @@ async def test_unexpected_error_is_500_without_details(
         assert (await http.get("/status")).status_code == 200
 
 
-async def test_tokens_and_bodies_are_not_logged(suspended: httpx.AsyncClient,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+async def test_tokens_and_bodies_are_not_logged(
+    suspended: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.DEBUG):
         await suspended.post("/account", json=account(password="pw-hunter2"))
-        await suspended.post("/commands/add-messages",
-                             json={"messages": [message("m1", body="very-private-body")]})
+        await suspended.post(
+            "/commands/add-messages", json={"messages": [message("m1", body="very-private-body")]}
+        )
         await suspended.post("/commands/add-messages", content=b"{broken very-private")
     # ours and the web stack's at any level; the database drivers' SQL traces only above DEBUG
     web = ("gmp", "quart", "hypercorn")
-    logged = "\n".join(r.getMessage() for r in caplog.records
-                       if r.name.startswith(web) or r.levelno > logging.DEBUG)
+    logged = "\n".join(
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith(web) or r.levelno > logging.DEBUG
+    )
     assert logged
     for secret in (TOKEN, "hunter2", "very-private"):
         assert secret not in logged

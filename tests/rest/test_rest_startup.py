@@ -20,8 +20,7 @@ async def test_listens_on_the_bound_port(service: Service) -> None:
 
 
 async def test_open_api_refuses_a_public_address(tmp_path: Path) -> None:
-    service = Service(rest_config(tmp_path, rest={"host": "0.0.0.0"},
-                                  token_auth={"api_token": ""}))
+    service = Service(rest_config(tmp_path, rest={"host": "0.0.0.0"}, token_auth={"api_token": ""}))
     with pytest.raises(ConfigError, match=r"api_token.*GMP_API_TOKEN") as info:
         await service.start()
     assert "0.0.0.0" in str(info.value)
@@ -69,11 +68,15 @@ async def test_stop_closes_the_port(tmp_path: Path) -> None:
 def test_settings_defaults_and_legacy_environment() -> None:
     defaults = Config({}, environ={}).register("rest", RestSettings)
     assert isinstance(defaults, RestSettings)
-    assert (defaults.host, defaults.port, defaults.max_body_bytes) == ("127.0.0.1", 8000,
-                                                                       10 * 1024 * 1024)
+    assert (defaults.host, defaults.port, defaults.max_body_bytes) == (
+        "127.0.0.1",
+        8000,
+        10 * 1024 * 1024,
+    )
     assert defaults.metrics_auth is False
     legacy = Config({}, environ={"GMP_HOST": "::1", "GMP_PORT": "9000"}).register(
-        "rest", RestSettings)
+        "rest", RestSettings
+    )
     assert isinstance(legacy, RestSettings)
     assert (legacy.host, legacy.port) == ("::1", 9000)
     with pytest.raises(ConfigError, match="GMP_REST_PORT"):
@@ -85,8 +88,9 @@ async def test_suspension_survives_a_restart(tmp_path: Path) -> None:
         service = Service(rest_config(tmp_path))
         await service.start()
         try:
-            async with httpx.AsyncClient(base_url=base_url(service),
-                                         headers={"X-API-Token": TOKEN}) as http:
+            async with httpx.AsyncClient(
+                base_url=base_url(service), headers={"X-API-Token": TOKEN}
+            ) as http:
                 assert (await http.get("/status")).json()["active"] is active_at_start
                 await http.post("/commands/suspend")
         finally:
