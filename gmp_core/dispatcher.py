@@ -512,6 +512,7 @@ class Recorder:
                 self._writing = 0
             self.heartbeat = time.time()
             self.dispatcher.recorded(batch)
+            service.reporting.wake()
             await service.notify_events(
                 o.event for o in batch if o.event is not None and o.message_id in applied
             )
