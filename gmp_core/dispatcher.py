@@ -49,6 +49,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gmp.dispatcher")
 
+# After a failed store call, the loops wait this long before the next try.
+STORE_RETRY_DELAY = 1.0
+
 # A claim this close to its lease end is not started: another process may take it any
 # moment. (A tenth of the lease, at most two seconds.)
 LEASE_SAFETY_MARGIN = 2.0
@@ -127,15 +130,24 @@ class Dispatcher:
     # ------------------------------------------------------------------ claiming
 
     async def _claim_loop(self) -> None:
+        outage = Outage("claiming messages")
         while not self._stopping:
             self.heartbeat = time.time()
             try:
                 claimed = await self._claim_once()
-            except Exception:
-                log.exception("claiming failed; trying again shortly")
-                claimed = False
+            except Exception:  # the store is down, say: wait, then try again
+                outage.failed()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._until_stopping(), STORE_RETRY_DELAY)
+                continue
+            outage.recovered()
             if not claimed:
                 await self._idle()
+
+    async def _until_stopping(self) -> None:
+        while not self._stopping:
+            await self._wake.wait()
+            self._wake.clear()
 
     async def _claim_once(self) -> bool:
         """Claim and admit one batch; False when there was nothing to do (or no room)."""
@@ -381,6 +393,7 @@ class Dispatcher:
 
     async def _keep_leases(self) -> None:
         period = self.settings.lease_seconds / 3
+        outage = Outage("renewing leases")
         while not self._stopped.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopped.wait(), period)
@@ -390,8 +403,9 @@ class Dispatcher:
             try:
                 await self.service.store.renew_leases(self.worker, list(self._held), lease_until)
             except Exception:
-                log.exception("renewing leases failed")
+                outage.failed()
                 continue
+            outage.recovered()
             for claim in self._held.values():
                 claim.lease_until = lease_until
 
@@ -445,7 +459,6 @@ class Recorder:
     the process lives nothing is lost, and if it dies the leases bring the messages back.
     """
 
-    RETRY_DELAY = 0.5
     LINGER = 0.01
     BATCH = 128
 
@@ -487,6 +500,7 @@ class Recorder:
 
     async def run(self) -> None:
         service = self.dispatcher.service
+        outage = Outage("recording outcomes")
         while True:
             await self._has_work.wait()
             if self._closing and not self._pending:
@@ -502,14 +516,15 @@ class Recorder:
                 applied = set(
                     await service.store.record(self.dispatcher.worker, batch, time.time())
                 )
-            except Exception:
-                log.exception("recording %d outcomes failed; retrying", len(batch))
+            except Exception:  # kept in memory and written once the store is back
+                outage.failed()
                 self._pending[:0] = batch
                 self._has_work.set()
-                await asyncio.sleep(self.RETRY_DELAY)
+                await asyncio.sleep(STORE_RETRY_DELAY)
                 continue
             finally:
                 self._writing = 0
+            outage.recovered()
             self.heartbeat = time.time()
             self.dispatcher.recorded(batch)
             service.reporting.wake()
@@ -529,3 +544,24 @@ def _pad(times: Sequence[float], count: int, now: float) -> list[float]:
     """Policies should give one retry time per held-back message; be lenient if they don't."""
     fallback = times[-1] if times else now + 60
     return [*times[:count], *[fallback] * (count - len(times))]
+
+
+class Outage:
+    """Logs a failure that repeats on every retry once when it starts (with the traceback)
+    and once when it ends, so a database restart reads as two lines, not a flood."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.since: float | None = None
+
+    def failed(self) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.exception("%s failed; retrying every %.0fs", self.what, STORE_RETRY_DELAY)
+        else:
+            log.debug("%s failed again", self.what, exc_info=True)
+
+    def recovered(self) -> None:
+        if self.since is not None:
+            log.warning("%s works again after %.0fs", self.what, time.monotonic() - self.since)
+            self.since = None
