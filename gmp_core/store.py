@@ -70,6 +70,15 @@ class DeleteResult:
     in_flight: list[str] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class QueueDepth:
+    """Unsent messages, for monitoring: how many per (state, priority), and since when the
+    longest-waiting due message has been due (None: nothing is due)."""
+
+    counts: dict[tuple[str, int], int] = field(default_factory=dict)
+    oldest_due: float | None = None
+
+
 @runtime_checkable
 class Store(Protocol):
     # lifecycle ---------------------------------------------------------------------------
@@ -163,6 +172,12 @@ class Store(Protocol):
 
     async def queue_counts(self) -> dict[str, int]:
         """Messages per state."""
+        ...
+
+    async def queue_depth(self, now: float) -> QueueDepth:
+        """Unsent messages (queued, scheduled, sending) per state and priority, and when the
+        oldest due one became due (its ``deferred_ts``, else its arrival). Called on each
+        metrics scrape, so it must read the indexes of unsent states, never the whole table."""
         ...
 
     async def get_flag(self, name: str) -> str | None: ...
