@@ -18,7 +18,7 @@ import tomllib
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -108,6 +108,30 @@ class ServiceSettings(Settings):
         return len(self.retry_delays) if self.max_retries is None else self.max_retries
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class LoggingSettings(Settings):
+    """``[logging]``: how ``gmp serve`` logs (standard ``logging``, to stderr)."""
+
+    level: str = setting("INFO", env="GMP_LOG_LEVEL", description="DEBUG, INFO, WARNING or ERROR")
+    format: Literal["text", "json"] = setting(
+        "text", env="GMP_LOG_FORMAT", description="'text' lines, or 'json': one object per line"
+    )
+    delivery_activity: bool = setting(
+        False,
+        env="GMP_LOG_DELIVERY_ACTIVITY",
+        description="log every delivery attempt and report exchange (INFO, logger gmp.activity)",
+    )
+
+    @field_validator("level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
+
 class Config:
     """The parsed file plus the environment; validates each table once it is registered."""
 
@@ -125,6 +149,7 @@ class Config:
         self._sections: dict[str, BaseModel] = {}
         self.plugins = typing.cast(PluginsSettings, self.register("plugins", PluginsSettings))
         self.service = typing.cast(ServiceSettings, self.register("service", ServiceSettings))
+        self.logging = typing.cast(LoggingSettings, self.register("logging", LoggingSettings))
 
     @classmethod
     def load(
