@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -36,6 +37,19 @@ SEND_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 ENQUEUE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 FETCH_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30)
 REPORT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+@dataclass(slots=True)
+class AccountSeries:
+    """The per-account children of the labelled series."""
+
+    sent: Counter
+    errors: Counter
+    deferred: Counter
+    rate_limited: Counter
+    queued: Counter
+    send_duration: Histogram
+    replies: dict[str, Counter]
 
 
 class Metrics:
@@ -169,7 +183,7 @@ class Metrics:
             ["reporter"],
             registry=registry,
         )
-        self._accounts: set[str] = set()
+        self._accounts: dict[str, AccountSeries] = {}
         self._handlers: dict[str, Callable[[Event], None]] = {
             "queued": self._on_queued,
             "rejected": self._on_rejected,
@@ -196,7 +210,7 @@ class Metrics:
             handler(event)
 
     def _on_queued(self, event: Event) -> None:
-        self.queued.labels(event.account_id).inc()
+        self._account(event.account_id).queued.inc()
 
     def _on_rejected(self, event: Event) -> None:
         self.rejected.inc()
@@ -205,30 +219,31 @@ class Metrics:
         self.enqueue_duration.observe(event.data["duration"])
 
     def _on_sent(self, event: Event) -> None:
-        self.sent.labels(event.account_id).inc()
-        self._attempted(event)
+        series = self._account(event.account_id)
+        series.sent.inc()
+        self._attempted(series, event)
 
     def _on_deferred(self, event: Event) -> None:
-        account = event.account_id
-        self.deferred.labels(account).inc()
+        series = self._account(event.account_id)
+        series.deferred.inc()
         if event.data.get("reason") == "rate_limit":
-            self.rate_limited.labels(account).inc()
-        self._attempted(event)
+            series.rate_limited.inc()
+        self._attempted(series, event)
 
     def _on_error(self, event: Event) -> None:
-        account = event.account_id or "unknown"
-        self.errors.labels(account).inc()
+        series = self._account(event.account_id)
+        series.errors.inc()
         if event.data.get("reason") == "rate_limit":
-            self.rate_limited.labels(account).inc()
-        self._attempted(event)
+            series.rate_limited.inc()
+        self._attempted(series, event)
 
-    def _attempted(self, event: Event) -> None:
+    def _attempted(self, series: AccountSeries, event: Event) -> None:
         """Outcomes of a delivery attempt carry its duration; rate-limit waits do not."""
         duration = event.data.get("duration")
         if duration is None:
             return
-        self.send_duration.labels(event.account_id).observe(duration)
-        self.replies.labels(event.account_id, reply_class(event.code)).inc()
+        series.send_duration.observe(duration)
+        series.replies[reply_class(event.code)].inc()
 
     def _on_attachments(self, event: Event) -> None:
         self.attachment_duration.observe(event.data["duration"])
@@ -275,7 +290,7 @@ class Metrics:
         oldest = depth.oldest_due
         self.oldest_due_age.set(max(0.0, now - oldest) if oldest is not None else 0.0)
         for account in await service.list_accounts():
-            self._declare_account(account.id)
+            self._account(account.id)
             self.pool_max.labels(account.id).set(account.max_connections)
 
     def _read_pools(self) -> None:
@@ -285,21 +300,27 @@ class Metrics:
             pool_sizes = getattr(transport, "pool_sizes", None)
             if callable(pool_sizes):
                 sizes.update(pool_sizes())
-        for account in self._accounts | sizes.keys():
+        for account in self._accounts.keys() | sizes.keys():
             opened, in_use = sizes.get(account, (0, 0))
             self.pool_open.labels(account).set(opened)
             self.pool_in_use.labels(account).set(in_use)
 
-    def _declare_account(self, account: str) -> None:
-        """Create the account's series at 0, so rates and alerts work from the start."""
-        if account in self._accounts:
-            return
-        self._accounts.add(account)
-        for family in (self.sent, self.errors, self.deferred, self.rate_limited, self.queued):
-            family.labels(account)
-        self.send_duration.labels(account)
-        for reply in REPLY_CLASSES:
-            self.replies.labels(account, reply)
+    def _account(self, account: str | None) -> AccountSeries:
+        """The account's series, created at 0 the first time (so rates and alerts work from
+        the start) and kept: ``labels()`` takes a lock and builds a key on every call."""
+        account = account or "unknown"
+        series = self._accounts.get(account)
+        if series is None:
+            series = self._accounts[account] = AccountSeries(
+                sent=self.sent.labels(account),
+                errors=self.errors.labels(account),
+                deferred=self.deferred.labels(account),
+                rate_limited=self.rate_limited.labels(account),
+                queued=self.queued.labels(account),
+                send_duration=self.send_duration.labels(account),
+                replies={reply: self.replies.labels(account, reply) for reply in REPLY_CLASSES},
+            )
+        return series
 
     def _declare_reporter(self, reporter: str) -> None:
         self.report_duration.labels(reporter)
