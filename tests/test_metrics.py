@@ -13,8 +13,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gmp_core import Config, Event, Service
+from gmp_core import Config, Service
 from gmp_core.testing import SmtpSink
+from tests.receiver import ReportReceiver
 from tests.rest.rest_support import MemoryVolumes
 from tests.support import EventLog, account, base_tables, merge, message
 
@@ -193,41 +194,44 @@ async def test_attachments_are_timed_and_counted(
     assert values("gmp_attachment_fetched_bytes_total") == len("twelve bytes")
 
 
-async def test_report_round_trips_and_failures(start: Start) -> None:
-    service = await start()
-    now = time.time()
-    await service.notify_events(
-        [
-            Event(
-                "report_posted",
-                "",
-                None,
-                now,
-                data={"reporter": "sync", "count": 5, "duration": 0.2},
-            ),
-            Event(
-                "report_posted",
-                "",
-                None,
-                now,
-                data={"reporter": "sync", "count": 0, "duration": 0.1},
-            ),
-            Event(
-                "report_failed",
-                "",
-                None,
-                now,
-                data={"reporter": "sync", "count": 3, "duration": 1.5, "error": "HTTP 500"},
-            ),
-        ]
-    )
-    async with client(service) as http:
-        values = await scrape(http)
-    assert values("gmp_report_duration_seconds_count", reporter="sync") == 3
-    assert values("gmp_report_duration_seconds_bucket", reporter="sync", le="0.25") == 2
-    assert values("gmp_reported_total", reporter="sync") == 5
-    assert values("gmp_report_failures_total", reporter="sync") == 1
-    assert values("gmp_report_last_success_timestamp_seconds", reporter="sync") == now
+async def test_report_round_trips_failures_and_backlog(
+    start: Start, sink: SmtpSink, events: EventLog
+) -> None:
+    receiver = await ReportReceiver().start()
+    receiver.mode = "error"  # the client application answers 500 for now
+    try:
+        service = await start(
+            proxy_sync={"url": receiver.url},
+            reporting={"interval": 0, "retry_initial": 0.02, "retry_max": 0.05},
+        )
+        await service.put_account(account(sink))
+        async with client(service) as http:
+            before = await scrape(http)
+            assert before("gmp_report_failures_total", reporter="proxy_sync") == 0
+            assert before("gmp_report_oldest_pending_age_seconds", reporter="proxy_sync") == 0
+            started = before("gmp_report_last_success_timestamp_seconds", reporter="proxy_sync")
+            assert started > 0  # start-up time, not 1970: no false "report lag" alert
+
+            await service.add_messages([message("m1")])
+            await events.wait("report_failed")
+            failing = await scrape(http)
+            assert failing("gmp_report_failures_total", reporter="proxy_sync") >= 1
+            assert failing("gmp_report_oldest_pending_age_seconds", reporter="proxy_sync") > 0
+            assert failing("gmp_reported_total", reporter="proxy_sync") == 0
+
+            receiver.mode = "ok"
+            service.run_now()
+            await events.wait("report_posted")
+            healed = await scrape(http)
+            assert healed("gmp_reported_total", reporter="proxy_sync") == 1
+            assert healed("gmp_report_oldest_pending_age_seconds", reporter="proxy_sync") == 0
+            assert healed("gmp_report_last_success_timestamp_seconds", reporter="proxy_sync") > (
+                started
+            )
+            round_trips = healed("gmp_report_duration_seconds_count", reporter="proxy_sync")
+            assert round_trips == healed("gmp_report_failures_total", reporter="proxy_sync") + 1
+    finally:
+        await receiver.stop()
 
 
 async def test_metrics_need_the_token_when_not_public(start: Start) -> None:

@@ -52,7 +52,7 @@ SENTENCES: dict[str, Callable[[Event], str]] = {
     ),
     "report_failed": lambda e: (
         f"reporter {e.data.get('reporter')}: "
-        f"{e.data.get('count', 0)} reports not acknowledged{_took(e)}: {e.data.get('error', '')}"
+        f"{e.data.get('count', 0)} reports not acknowledged{_took(e)}"
     ),
 }
 

@@ -179,7 +179,13 @@ class Metrics:
         )
         self.report_success = Gauge(
             "gmp_report_last_success_timestamp_seconds",
-            "When a report batch (or heartbeat) was last acknowledged (unix seconds)",
+            "When a report batch (or heartbeat) was last acknowledged; start-up time until then",
+            ["reporter"],
+            registry=registry,
+        )
+        self.report_backlog_age = Gauge(
+            "gmp_report_oldest_pending_age_seconds",
+            "Age of the oldest report the client has not acknowledged (0: none waits)",
             ["reporter"],
             registry=registry,
         )
@@ -289,6 +295,10 @@ class Metrics:
         self.pending.set(sum(depth.counts.values()))
         oldest = depth.oldest_due
         self.oldest_due_age.set(max(0.0, now - oldest) if oldest is not None else 0.0)
+        for reporter in service.reporters:
+            waiting = await service.store.pending_reports(reporter, 1)
+            age = max(0.0, now - waiting[0].ts) if waiting else 0.0
+            self.report_backlog_age.labels(reporter).set(age)
         for account in await service.list_accounts():
             self._account(account.id)
             self.pool_max.labels(account.id).set(account.max_connections)
@@ -326,7 +336,9 @@ class Metrics:
         self.report_duration.labels(reporter)
         self.reported.labels(reporter)
         self.report_failures.labels(reporter)
-        self.report_success.labels(reporter)
+        # Not 0 before the first acknowledgement: "no report for 56 years" would page someone.
+        self.report_success.labels(reporter).set(time.time())
+        self.report_backlog_age.labels(reporter)
 
     def exposition(self) -> tuple[bytes, int, dict[str, str]]:
         return generate_latest(self.registry), 200, {"Content-Type": CONTENT_TYPE_LATEST}

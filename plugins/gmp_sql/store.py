@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from itertools import islice
 from typing import Any
@@ -23,6 +23,7 @@ from gmp_core import (
     AccountDeletion,
     Claim,
     DeleteResult,
+    DeliveryReport,
     EnqueueResult,
     Event,
     Message,
@@ -67,8 +68,8 @@ _RECORD_SQL = """
 WITH outcome(id, state, deferred_ts, attempts, error, sent_ts, error_ts) AS (VALUES {rows})
 UPDATE messages SET state = outcome.state, deferred_ts = outcome.deferred_ts,
     attempts = outcome.attempts, error = outcome.error, sent_ts = outcome.sent_ts,
-    error_ts = outcome.error_ts, reported_ts = NULL, claimed_by = NULL, lease_until = NULL,
-    updated_at = ?
+    error_ts = outcome.error_ts, claimed_by = NULL, lease_until = NULL, updated_at = ?,
+    reported_ts = CASE WHEN outcome.state IN ('sent', 'error') THEN ? END
 FROM outcome
 WHERE messages.id = outcome.id AND messages.state = 'sending' AND messages.claimed_by = ?
 RETURNING messages.id
@@ -94,6 +95,14 @@ ON CONFLICT (pk) DO UPDATE SET payload = excluded.payload
 """
 
 _EVENT_COLUMNS = "(message_id, account_id, ts, kind, code, detail, data)"
+FINAL_KINDS = ("sent", "error")
+
+_PENDING_REPORTS_SQL = """
+SELECT e.pk, e.message_id, e.account_id, m.priority, e.kind, e.ts, e.code, e.detail, e.data
+FROM report_queue q JOIN message_events e ON e.pk = q.event_pk
+LEFT JOIN messages m ON m.id = e.message_id
+WHERE q.reporter = ? ORDER BY q.event_pk LIMIT ?
+"""
 
 
 class SqlStore:
@@ -104,6 +113,7 @@ class SqlStore:
         self.thread = DatabaseThread(db)
         self.schema: Schema = bind_schema(db)
         self._last_slot_prune = 0.0
+        self._reporters: dict[str, bool] = {}  # name -> also wants deferrals
 
     # ------------------------------------------------------------------ plumbing
 
@@ -260,7 +270,8 @@ class SqlStore:
                         now if o.state == State.ERROR else None,
                     ]
                 sql = _RECORD_SQL.format(rows=_value_rows(len(chunk), 7))
-                applied.update(row[0] for row in self._sql(sql, [*params, now, worker]))
+                params += [now, self._reported_mark(now), worker]
+                applied.update(row[0] for row in self._sql(sql, params))
             self._insert_events(
                 o.event for o in outcomes if o.event is not None and o.message_id in applied
             )
@@ -290,6 +301,7 @@ class SqlStore:
         return found
 
     def _insert_events(self, events: Iterable[Event]) -> None:
+        """Write events; reportable ones also wait in the report queue of each reporter."""
         for chunk in _chunks(list(events)):
             params: list[Any] = []
             for e in chunk:
@@ -302,9 +314,73 @@ class SqlStore:
                     e.detail,
                     _dumps(e.data),
                 ]
-            self._sql(
-                f"INSERT INTO message_events {_EVENT_COLUMNS} VALUES {_value_rows(len(chunk), 7)}",
+            inserted = self._sql(
+                f"INSERT INTO message_events {_EVENT_COLUMNS} VALUES {_value_rows(len(chunk), 7)} "
+                "RETURNING pk, kind, message_id",
                 params,
+            )
+            self._queue_reports(inserted)
+
+    def _queue_reports(self, events: Sequence[tuple[Any, ...]]) -> None:
+        rows = [
+            (name, pk, message_id)
+            for pk, kind, message_id in events
+            for name, wants_deferred in self._reporters.items()
+            if kind in FINAL_KINDS or (kind == "deferred" and wants_deferred)
+        ]
+        for chunk in _chunks(rows):
+            self._sql(
+                "INSERT INTO report_queue (reporter, event_pk, message_id) VALUES "
+                + _value_rows(len(chunk), 3),
+                [v for row in chunk for v in row],
+            )
+
+    def _reported_mark(self, now: float) -> float | None:
+        """``reported_ts`` of a message as it ends: none until reporters acknowledge it."""
+        return None if self._reporters else now
+
+    # ------------------------------------------------------------------ reports
+
+    @on_db_thread
+    def set_reporters(self, reporters: Mapping[str, bool]) -> int:
+        self._reporters = dict(reporters)
+        names = list(reporters)
+        keep = f"WHERE reporter NOT IN ({_marks(names)})" if names else ""
+        with self._write():
+            dropped = self._sql(f"DELETE FROM report_queue {keep} RETURNING message_id", names)
+            # Their messages may now wait for nobody: they count as reported from now.
+            self._mark_reported({message_id for (message_id,) in dropped}, time.time())
+        return len(dropped)
+
+    @on_db_thread
+    def add_events(self, events: Sequence[Event]) -> None:
+        with self._write():
+            self._insert_events(events)
+
+    @on_db_thread
+    def pending_reports(self, reporter: str, limit: int) -> list[DeliveryReport]:
+        rows = self._sql(_PENDING_REPORTS_SQL, (reporter, limit))
+        return [_report(*row) for row in rows]
+
+    @on_db_thread
+    def acknowledge_reports(self, reporter: str, event_ids: Sequence[int], now: float) -> None:
+        with self._write():
+            for chunk in _chunks(event_ids):
+                done = self._sql(
+                    "DELETE FROM report_queue WHERE reporter = ? "
+                    f"AND event_pk IN ({_marks(chunk)}) RETURNING message_id",
+                    [reporter, *chunk],
+                )
+                self._mark_reported({message_id for (message_id,) in done}, now)
+
+    def _mark_reported(self, message_ids: Iterable[str], now: float) -> None:
+        """Final messages among these that no reporter waits for any more are reported."""
+        for chunk in _chunks(sorted(message_ids)):
+            self._sql(
+                "UPDATE messages SET reported_ts = ? WHERE reported_ts IS NULL "
+                f"AND state IN ('sent', 'error') AND id IN ({_marks(chunk)}) AND NOT EXISTS "
+                "(SELECT 1 FROM report_queue q WHERE q.message_id = messages.id)",
+                [now, *chunk],
             )
 
     # ------------------------------------------------------------------ rate limits
@@ -392,7 +468,7 @@ class SqlStore:
                     error="account deleted",
                     error_ts=now,
                     updated_at=now,
-                    reported_ts=None,
+                    reported_ts=self._reported_mark(now),
                 ).where(msg.id.in_(chunk)).execute()
             events = [
                 Event("error", id_, account_id, now, detail="account deleted") for id_ in waiting
@@ -487,6 +563,7 @@ class SqlStore:
                 chunk,
             )
             self._sql(f"DELETE FROM message_events WHERE message_id IN ({_marks(chunk)})", chunk)
+            self._sql(f"DELETE FROM report_queue WHERE message_id IN ({_marks(chunk)})", chunk)
             self._sql(f"DELETE FROM messages WHERE id IN ({_marks(chunk)})", chunk)
 
     @on_db_thread
@@ -600,6 +677,33 @@ def _record(row: dict[str, Any]) -> MessageRecord:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         attempts=row["attempts"],
+    )
+
+
+def _report(
+    event_id: int,
+    message_id: str,
+    account_id: str | None,
+    priority: int | None,
+    kind: str,
+    ts: float,
+    code: int | None,
+    detail: str,
+    data: str,
+) -> DeliveryReport:
+    extra = json.loads(data)
+    refused = extra.get("refused") or {}
+    return DeliveryReport(
+        event_id=event_id,
+        id=message_id,
+        account_id=account_id,
+        priority=priority,
+        status=kind,
+        ts=ts,
+        error=None if kind == "sent" else detail,
+        error_code=None if kind == "sent" else code,
+        deferred_ts=extra.get("retry_at"),
+        refused=[{"recipient": to, "error": why} for to, why in refused.items()],
     )
 
 
