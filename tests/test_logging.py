@@ -18,10 +18,14 @@ import pytest
 from gmp_core import Config, ConfigError, Service
 from gmp_core.logs import configure_logging
 from gmp_core.testing import SmtpSink
+from tests.receiver import ReportReceiver
 from tests.support import EventLog, ServiceFactory, account, message
 
 TOKEN = "log-test-token-7f3a"
 PASSWORD = "smtp-password-9c1e"
+WRONG_PASSWORD = "wrong-smtp-password-41aa"
+SYNC_PASSWORD = "sync-password-e08b"
+SYNC_SECRET = "sync-signing-secret-3d6f"
 BODY = "a-very-private-body-5b2d"
 
 
@@ -128,6 +132,7 @@ async def serve_with_json_logs(config: Path) -> tuple[asyncio.subprocess.Process
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
 async def test_json_logs_of_a_real_process_parse_and_hold_no_secrets(tmp_path: Path) -> None:
     sink = await SmtpSink(credentials={"mailer": PASSWORD}).start()
+    receiver = await ReportReceiver().start()
     config = tmp_path / "plugins.toml"
     config.write_text(
         f'[sql]\nurl = "{tmp_path / "gmp.db"}"\n'
@@ -135,17 +140,26 @@ async def test_json_logs_of_a_real_process_parse_and_hold_no_secrets(tmp_path: P
         f'[token_auth]\napi_token = "{TOKEN}"\n'
         "[service]\nsend_loop_interval = 0.05\nretry_delays = [0.1]\n"
         '[logging]\nlevel = "DEBUG"\ndelivery_activity = true\n'
+        f'[proxy_sync]\nurl = "{receiver.url}"\nuser = "proxy"\npassword = "{SYNC_PASSWORD}"\n'
+        f'secret = "{SYNC_SECRET}"\n'
+        "[reporting]\ninterval = 0\n"
     )
     proc, url = await serve_with_json_logs(config)
     try:
         async with httpx.AsyncClient(base_url=url, headers={"X-API-Token": TOKEN}) as http:
             smtp_account = account(sink, user="mailer", password=PASSWORD)
             assert (await http.post("/account", json=smtp_account)).status_code == 200
-            messages = [message("m1", body=BODY, html=f"<p>{BODY}</p>")]
+            wrong = account(sink, id="wrong", user="mailer", password=WRONG_PASSWORD)
+            assert (await http.post("/account", json=wrong)).status_code == 200
+            messages = [
+                message("m1", body=BODY, html=f"<p>{BODY}</p>"),
+                message("m2", account_id="wrong", body=BODY),
+            ]
             answer = await http.post("/commands/add-messages", json={"messages": messages})
-            assert answer.json()["queued"] == 1
+            assert answer.json()["queued"] == 2
             await sink.wait_for(1)
             assert sink.logins == ["mailer"]  # the password was used, and must appear nowhere
+            await receiver.wait(lambda got: {"m1", "m2"} <= {r["id"] for r in got.reported()})
             assert (await http.get("/metrics")).status_code == 200
             assert (await http.get("/accounts")).status_code == 200
             bad = await http.post("/account", json={**smtp_account, "port": "not-a-port"})
@@ -156,12 +170,18 @@ async def test_json_logs_of_a_real_process_parse_and_hold_no_secrets(tmp_path: P
         output = (await proc.stderr.read()).decode()
         assert await proc.wait() == 0
         await sink.stop()
+        await receiver.stop()
 
     records = [json.loads(line) for line in output.splitlines()]  # every line is JSON
     assert all({"time", "level", "logger", "message"} <= record.keys() for record in records)
-    activity = [r for r in records if r["logger"] == "gmp.activity"]
-    assert [(r["event"], r["message_id"]) for r in activity] == [("queued", "m1"), ("sent", "m1")]
-    assert activity[1]["account_id"] == "acc" and activity[1]["code"] == 250
+    activity = {
+        (r["event"], r.get("message_id")): r for r in records if r["logger"] == "gmp.activity"
+    }
+    assert {("queued", "m1"), ("queued", "m2"), ("sent", "m1"), ("error", "m2")} <= activity.keys()
+    assert activity[("sent", "m1")]["account_id"] == "acc"
+    assert activity[("sent", "m1")]["code"] == 250
+    assert activity[("error", "m2")]["code"] == 535  # authentication failed: logged, not secret
+    assert ("report_posted", None) in activity
     assert any(r["logger"] == "gmp.rest.access" for r in records)  # requests were logged
-    for secret in (PASSWORD, TOKEN, BODY):
+    for secret in (PASSWORD, WRONG_PASSWORD, SYNC_PASSWORD, SYNC_SECRET, TOKEN, BODY):
         assert secret not in output, secret
