@@ -276,8 +276,8 @@ async def test_queue_depth_reads_unsent_messages_by_state_and_priority(
     assert depth.oldest_due is not None and depth.oldest_due <= time.time()
 
 
-async def test_ready_fails_while_the_store_does_not_answer(start: Start) -> None:
-    service = await start(rest={"ready_timeout": 0.2})
+async def test_ready_and_metrics_while_the_store_does_not_answer(start: Start) -> None:
+    service = await start(rest={"ready_timeout": 0.2}, metrics={"store_timeout": 0.2})
     async with client(service, token=None) as anonymous:
         assert (await anonymous.get("/ready")).json() == {"ok": True}
         # The store's database thread is stuck (a lock held elsewhere, a dead disk...).
@@ -288,7 +288,10 @@ async def test_ready_fails_while_the_store_does_not_answer(start: Start) -> None
             assert response.status_code == 503
             assert response.json() == {"ok": False, "error": "store unreachable (TimeoutError)"}
             assert (await anonymous.get("/health")).status_code == 200  # alive all the same
+            stale = await scrape(anonymous)  # answers, with what it knows
+            assert stale("gmp_store_up") == 0 and stale("gmp_healthy") == 1
         finally:
             release.set()
             await stuck
         assert (await anonymous.get("/ready")).status_code == 200
+        assert (await scrape(anonymous))("gmp_store_up") == 1

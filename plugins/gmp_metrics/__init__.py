@@ -24,6 +24,9 @@ class MetricsSettings(Settings):
     process_metrics: bool = setting(
         True, description="also export process_* and python_* series (CPU, memory, GC)"
     )
+    store_timeout: float = setting(
+        5.0, gt=0, description="longest wait for the store at a scrape; then gmp_store_up is 0"
+    )
 
 
 @hookimpl
@@ -34,7 +37,9 @@ def gmp_register_settings(register: Callable[[str, type[Settings]], None]) -> No
 @hookimpl
 async def gmp_startup(service: Service) -> None:
     settings: MetricsSettings = service.config.section("metrics")
-    metrics = Metrics(service, process_metrics=settings.process_metrics)
+    metrics = Metrics(
+        service, process_metrics=settings.process_metrics, store_timeout=settings.store_timeout
+    )
     await metrics.refresh()  # every series exists from start-up, at 0
     service.state["metrics"] = metrics
     # The observer is registered with this service's plugin manager only: gmp_event carries

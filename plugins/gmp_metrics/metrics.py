@@ -1,12 +1,13 @@
 """The series and how events move them.
 
-Cost per event is a dict lookup and an increment or two: ``observe`` runs on the delivery hot
-path. Anything that needs the store (queue depths) or other plugins (pool sizes) is read in
+Cost per event is a dict lookup and an increment or two: ``gmp_event`` runs on the delivery
+hot path. Anything that needs the store (queue depths) or other plugins (pool sizes) is read in
 :meth:`Metrics.refresh`, once per scrape.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -57,8 +58,11 @@ class Metrics:
 
     __name__ = "metrics-observer"
 
-    def __init__(self, service: Service, *, process_metrics: bool = True) -> None:
+    def __init__(
+        self, service: Service, *, process_metrics: bool = True, store_timeout: float = 5.0
+    ) -> None:
         self.service = service
+        self.store_timeout = store_timeout
         self.registry = registry = CollectorRegistry()
         if process_metrics:
             ProcessCollector(registry=registry)
@@ -276,7 +280,8 @@ class Metrics:
         self.healthy.set(0 if service.health_problems() else 1)
         self.heartbeat.set(service.dispatcher.heartbeat)
         try:
-            await self._read_store()
+            async with asyncio.timeout(self.store_timeout):
+                await self._read_store()
         except Exception as exc:  # the scrape still answers, with the counters
             log.warning("metrics: the store did not answer (%s)", type(exc).__name__)
             self.store_up.set(0)
