@@ -71,7 +71,7 @@ def client(service: Service, token: str | None = TOKEN) -> httpx.AsyncClient:
 async def scrape(http: httpx.AsyncClient) -> Scrape:
     response = await http.get("/metrics")
     assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/plain")
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     return Scrape(response.text)
 
 

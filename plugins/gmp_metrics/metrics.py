@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
+    CONTENT_TYPE_PLAIN_0_0_4,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -346,7 +346,8 @@ class Metrics:
         self.report_backlog_age.labels(reporter)
 
     def exposition(self) -> tuple[bytes, int, dict[str, str]]:
-        return generate_latest(self.registry), 200, {"Content-Type": CONTENT_TYPE_LATEST}
+        # The original service's content type: every Prometheus version reads it.
+        return generate_latest(self.registry), 200, {"Content-Type": CONTENT_TYPE_PLAIN_0_0_4}
 
 
 def reply_class(code: int | None) -> str:
