@@ -12,7 +12,7 @@ SQLite and PostgreSQL. The contract, which the shared store tests check on every
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -88,6 +88,11 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+    async def watch(self, wake: Callable[[], None]) -> None:
+        """From now on call ``wake()`` whenever another process queues messages (a store that
+        only one process uses may do nothing: the service wakes its own dispatcher)."""
+        ...
 
     async def ping(self) -> None:
         """Raise when the database cannot be reached (readiness)."""

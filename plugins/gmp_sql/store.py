@@ -1,17 +1,22 @@
-"""The store on peewee, SQLite by default.
+"""The store on peewee: SQLite by default, PostgreSQL for several processes.
 
-Every public method is one transaction, written as plain synchronous peewee code and run on
-the database thread (``runner.py``). Writes on SQLite take the lock up front
-(``BEGIN IMMEDIATE``): a deferred transaction that reads and then writes fails at once with
-"database is locked" when another process writes, whatever the busy timeout. Hot paths
-(claim, record, enqueue, reserve) are single SQL statements over a whole batch.
+Every public method is one transaction, written as plain synchronous peewee code and run by
+the runner (``runner.py``): a database thread for SQLite, peewee's greenlet bridge over
+asyncpg for PostgreSQL. Hot paths (claim, record, enqueue, reserve) are single SQL statements
+over a whole batch. The SQL is shared; where the dialects differ:
+
+* SQLite writes take the lock up front (``BEGIN IMMEDIATE``): a deferred transaction that
+  reads and then writes fails at once with "database is locked" when another process writes;
+* PostgreSQL claims with ``FOR UPDATE SKIP LOCKED`` (processes never wait for, or take, each
+  other's rows), serialises rate-limit reservations per account with a row lock, and needs
+  explicit types for parameters in ``VALUES`` lists (``CAST``, which SQLite accepts too).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from itertools import islice
 from typing import Any
@@ -33,18 +38,30 @@ from gmp_core import (
     State,
     TlsMode,
 )
-from gmp_sql.runner import DatabaseThread, on_db_thread
+from gmp_sql.listen import NewWorkListener
+from gmp_sql.runner import DatabaseThread, Runner, on_db_thread
 from gmp_sql.schema import SCHEMA_VERSION, Schema, bind_schema
 
 ROWS_PER_STATEMENT = 400  # keeps every statement well under the bound-parameter limits
 SLOT_PRUNE_INTERVAL = 600.0
 UNSENT = (State.QUEUED, State.SCHEDULED, State.SENDING)
+SCHEMA_LOCK_ID = 0x676D7001  # PostgreSQL advisory lock taken while creating the schema
+NEW_WORK_CHANNEL = "gmp_new_work"  # PostgreSQL NOTIFY channel: messages were queued
+_OUTCOME_TYPES = (
+    "TEXT",
+    "TEXT",
+    "DOUBLE PRECISION",
+    "INTEGER",
+    "TEXT",
+    "DOUBLE PRECISION",
+    "DOUBLE PRECISION",
+)
 
 _CLAIM_SQL = """
 WITH candidates AS (
     SELECT pk, account_id, priority FROM messages
     WHERE state = 'queued' AND priority <= ?
-    ORDER BY priority, pk LIMIT ?
+    ORDER BY priority, pk LIMIT ?{skip_locked}
 ), ranked AS (
     SELECT c.pk, c.priority,
            ROW_NUMBER() OVER (PARTITION BY c.account_id ORDER BY c.priority, c.pk) AS nth,
@@ -57,10 +74,14 @@ RETURNING pk, id, account_id, priority, attempts, deferred_ts
 """
 
 # Due again: schedules that came due, and leases that ran out (a dispatcher died).
-_PROMOTE_SQL = (
-    "UPDATE messages SET state = 'queued', claimed_by = NULL, lease_until = NULL "
-    "WHERE (state = 'scheduled' AND deferred_ts <= ?) OR (state = 'sending' AND lease_until < ?)"
+_PROMOTE_SQL = """
+UPDATE messages SET state = 'queued', claimed_by = NULL, lease_until = NULL
+WHERE pk IN (
+    SELECT pk FROM messages
+    WHERE (state = 'scheduled' AND deferred_ts <= ?) OR (state = 'sending' AND lease_until < ?)
+    {skip_locked}
 )
+"""
 
 # Applies a batch of outcomes: only rows still claimed by this worker (a claim taken over
 # after an expired lease belongs to its new owner).
@@ -69,7 +90,7 @@ WITH outcome(id, state, deferred_ts, attempts, error, sent_ts, error_ts) AS (VAL
 UPDATE messages SET state = outcome.state, deferred_ts = outcome.deferred_ts,
     attempts = outcome.attempts, error = outcome.error, sent_ts = outcome.sent_ts,
     error_ts = outcome.error_ts, claimed_by = NULL, lease_until = NULL, updated_at = ?,
-    reported_ts = CASE WHEN outcome.state IN ('sent', 'error') THEN ? END
+    reported_ts = CASE WHEN outcome.state IN ('sent', 'error') THEN CAST(? AS DOUBLE PRECISION) END
 FROM outcome
 WHERE messages.id = outcome.id AND messages.state = 'sending' AND messages.claimed_by = ?
 RETURNING messages.id
@@ -106,22 +127,32 @@ WHERE q.reporter = ? ORDER BY q.event_pk LIMIT ?
 
 
 class SqlStore:
-    """A :class:`gmp_core.Store` on a peewee database, used from one thread."""
+    """A :class:`gmp_core.Store` on a peewee database (SQLite or PostgreSQL)."""
 
-    def __init__(self, db: pw.Database) -> None:
+    def __init__(
+        self, db: pw.Database, runner: Runner | None = None, *, listen_url: str | None = None
+    ) -> None:
         self.db = db
-        self.thread = DatabaseThread(db)
+        self._listen_url = listen_url
+        self._listener: NewWorkListener | None = None
+        self.runner: Runner = runner or DatabaseThread(db)
         self.schema: Schema = bind_schema(db)
+        self.postgres = isinstance(db, pw.PostgresqlDatabase)
+        skip_locked = "FOR UPDATE SKIP LOCKED" if self.postgres else ""
+        self._claim_sql = _CLAIM_SQL.format(skip_locked=f" {skip_locked}" if skip_locked else "")
+        self._promote_sql = _PROMOTE_SQL.format(skip_locked=skip_locked)
         self._last_slot_prune = 0.0
         self._reporters: dict[str, bool] = {}  # name -> also wants deferrals
 
     # ------------------------------------------------------------------ plumbing
 
     def _write(self) -> AbstractContextManager[Any]:
-        """A write transaction, taking SQLite's write lock at BEGIN."""
-        return self.db.atomic("IMMEDIATE")
+        """A write transaction; on SQLite it takes the write lock at BEGIN."""
+        return self.db.atomic() if self.postgres else self.db.atomic("IMMEDIATE")
 
     def _sql(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        if self.postgres:  # our SQL marks parameters with "?"; peewee's PostgreSQL uses %s
+            sql = sql.replace("?", "%s")
         rows: list[tuple[Any, ...]] = self.db.execute_sql(sql, params).fetchall()
         return rows
 
@@ -129,15 +160,25 @@ class SqlStore:
 
     @on_db_thread
     def open(self) -> None:
-        self.db.connect(reuse_if_open=True)
+        if not self.postgres:
+            self.db.connect(reuse_if_open=True)
         with self._write():
+            if self.postgres:  # processes starting together create the schema one at a time
+                self._sql("SELECT pg_advisory_xact_lock(?)", [SCHEMA_LOCK_ID])
             self.db.create_tables(self.schema.models, safe=True)
             version = self.schema.Version
             if not version.select().exists():
                 version.insert(version=SCHEMA_VERSION).execute()
 
+    async def watch(self, wake: Callable[[], None]) -> None:
+        if self._listen_url is not None:
+            self._listener = NewWorkListener(self._listen_url, NEW_WORK_CHANNEL, wake)
+            self._listener.start()
+
     async def close(self) -> None:
-        await self.thread.close()
+        if self._listener is not None:
+            await self._listener.close()
+        await self.runner.close()
 
     @on_db_thread
     def ping(self) -> None:
@@ -186,6 +227,8 @@ class SqlStore:
                 queued.update(rows)
             self._write_payloads([(queued[m.id], m) for m in fresh if m.id in queued])
             self._insert_events(e for e in events if e.message_id in queued)
+            if queued:
+                self._notify_new_work()
             refused = [i for i in ids if i not in queued]
             states = (
                 dict(
@@ -219,9 +262,9 @@ class SqlStore:
     ) -> list[Claim]:
         lease_until = now + lease_seconds
         with self._write():
-            self._sql(_PROMOTE_SQL, (now, now))
+            self._sql(self._promote_sql, (now, now))
             rows = self._sql(
-                _CLAIM_SQL,
+                self._claim_sql,
                 (max_priority, limit * 4, default_batch_size, worker, lease_until, now, limit),
             )
             payloads = self._payloads([row[0] for row in rows])
@@ -269,7 +312,7 @@ class SqlStore:
                         now if o.state == State.SENT else None,
                         now if o.state == State.ERROR else None,
                     ]
-                sql = _RECORD_SQL.format(rows=_value_rows(len(chunk), 7))
+                sql = _RECORD_SQL.format(rows=_typed_rows(len(chunk), _OUTCOME_TYPES))
                 params += [now, self._reported_mark(now), worker]
                 applied.update(row[0] for row in self._sql(sql, params))
             self._insert_events(
@@ -285,6 +328,11 @@ class SqlStore:
         )
         times = [t for t in rows[0] if t is not None]
         return min(times) if times else None
+
+    def _notify_new_work(self) -> None:
+        """PostgreSQL: wake idle dispatchers of every process (delivered at commit)."""
+        if self.postgres:
+            self._sql("SELECT pg_notify(?, '')", [NEW_WORK_CHANNEL])
 
     def _write_payloads(self, messages: Sequence[tuple[int, Message]]) -> None:
         for chunk in _chunks(messages):
@@ -390,6 +438,8 @@ class SqlStore:
         self, account_id: str, limits: Sequence[tuple[int, int]], wanted: int, now: float
     ) -> tuple[int, list[float]]:
         with self._write():
+            if self.postgres:  # one reservation per account at a time, across processes
+                self._sql("SELECT 1 FROM accounts WHERE id = ? FOR UPDATE", [account_id])
             self._prune_slots(now)
             counts = {}
             for window, _ in limits:
@@ -622,6 +672,13 @@ def _chunks(items: Sequence[Any], size: int = ROWS_PER_STATEMENT) -> Iterable[li
 
 def _marks(items: Sequence[Any]) -> str:
     return ", ".join("?" * len(items))
+
+
+def _typed_rows(rows: int, types: Sequence[str]) -> str:
+    """``VALUES`` rows whose first row names the column types: PostgreSQL cannot infer the
+    type of a parameter in a ``VALUES`` list (it would take NULLs and numbers for text)."""
+    first = "(" + ", ".join(f"CAST(? AS {t})" for t in types) + ")"
+    return ", ".join([first, *[_value_rows(1, len(types))] * (rows - 1)])
 
 
 def _value_rows(rows: int, columns: int) -> str:
