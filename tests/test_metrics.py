@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -259,30 +258,13 @@ async def test_each_service_has_its_own_registry(
         assert (await scrape(two))("gmp_sent_total", account_id="acc") == 0
 
 
-async def test_queue_depth_reads_unsent_messages_by_state_and_priority(
-    start: Start, sink: SmtpSink
-) -> None:
-    service = await start()
-    await service.put_account(account(sink))
-    await service.set_active(False)
-    later = time.time() + 3600
-    await service.add_messages([message("later", deferred_ts=later)])
-    assert (await service.store.queue_depth(time.time())).oldest_due is None  # not due yet
-    assert (await service.store.queue_depth(later + 1)).oldest_due == later
-
-    await service.add_messages([message("urgent", priority=0), message("low", priority=3)])
-    depth = await service.store.queue_depth(time.time())
-    assert depth.counts == {("queued", 0): 1, ("queued", 3): 1, ("scheduled", 2): 1}
-    assert depth.oldest_due is not None and depth.oldest_due <= time.time()
-
-
 async def test_ready_and_metrics_while_the_store_does_not_answer(start: Start) -> None:
     service = await start(rest={"ready_timeout": 0.2}, metrics={"store_timeout": 0.2})
     async with client(service, token=None) as anonymous:
         assert (await anonymous.get("/ready")).json() == {"ok": True}
         # The store's database thread is stuck (a lock held elsewhere, a dead disk...).
         release = threading.Event()
-        stuck = asyncio.ensure_future(service.store.thread.run(release.wait))
+        stuck = asyncio.ensure_future(service.store.runner.run(release.wait))
         try:
             response = await anonymous.get("/ready")
             assert response.status_code == 503
