@@ -36,6 +36,7 @@ from gmp_core.models import (
     Account,
     Attachment,
     Event,
+    Message,
     Outcome,
     OutgoingMessage,
     SendResult,
@@ -243,6 +244,7 @@ class Dispatcher:
                     now,
                     code=429,
                     detail="rate_limit_exceeded",
+                    data={"reason": "rate_limit"},
                 )
                 outcome = Outcome(
                     message.id,
@@ -293,6 +295,7 @@ class Dispatcher:
             self._held.pop(claim.message.id, None)
             return None
         outgoing = OutgoingMessage(claim.message, attempt=claim.attempts + 1)
+        started = time.perf_counter()
         try:
             result = await self._attempt(outgoing, account)
         except AttachmentError as exc:
@@ -302,19 +305,23 @@ class Dispatcher:
             result = SendResult.failed(
                 f"internal error: {type(exc).__name__}: {exc}", temporary=True
             )
-        return self.outcome_of(claim, result, time.time())
+        outcome = self.outcome_of(claim, result, time.time())
+        if outcome.event is not None:  # observers (metrics) time the attempts
+            outcome.event.data["duration"] = round(time.perf_counter() - started, 6)
+        return outcome
 
     async def _attempt(self, outgoing: OutgoingMessage, account: Account) -> SendResult:
         service = self.service
         await call_each(service.pm.hook.gmp_prepare_message, message=outgoing, account=account)
         if outgoing.data is None:
-            attachments = await self._read_attachments(outgoing.message.attachments, account)
+            attachments = await self._read_attachments(outgoing.message, account)
             outgoing.data = build_mime(outgoing, attachments)
         return await service.transports[account.transport].send(outgoing, account)
 
     async def _read_attachments(
-        self, attachments: Sequence[Attachment], account: Account
+        self, message: Message, account: Account
     ) -> list[tuple[Attachment, bytes]]:
+        attachments = message.attachments
         if not attachments:
             return []
         volumes = self.service.volumes
@@ -326,9 +333,22 @@ class Dispatcher:
                     f"{attachment.volume!r} is not available",
                     temporary=False,
                 )
+        started = time.perf_counter()
         contents = await asyncio.gather(
             *(volumes[a.volume].read(a.subpath, account.id) for a in attachments)
         )
+        fetched = Event(
+            "attachments_fetched",
+            message.id,
+            account.id,
+            time.time(),
+            data={
+                "duration": time.perf_counter() - started,
+                "count": len(contents),
+                "bytes": sum(map(len, contents)),
+            },
+        )
+        await self.service.notify_events([fetched])
         return list(zip(attachments, contents, strict=True))
 
     def outcome_of(self, claim: Claim, result: SendResult, now: float) -> Outcome:
