@@ -53,6 +53,9 @@ log = logging.getLogger("gmp.dispatcher")
 # After a failed store call, the loops wait this long before the next try.
 STORE_RETRY_DELAY = 1.0
 
+# How often the claim loop re-reads the suspend/activate flag another process may have set.
+ACTIVE_FLAG_REFRESH = 2.0
+
 # A claim this close to its lease end is not started: another process may take it any
 # moment. (A tenth of the lease, at most two seconds.)
 LEASE_SAFETY_MARGIN = 2.0
@@ -74,6 +77,8 @@ class Dispatcher:
         self._send_slots = asyncio.Semaphore(self.settings.max_concurrent_sends)
         self._wake = asyncio.Event()
         self._urgent = False
+        self._active_checked = time.monotonic()  # the service read the flag at start-up
+        self._active_changes = 0
         self._stopping = False
         self._stopped = asyncio.Event()
         self._recorder = Recorder(self)
@@ -135,6 +140,7 @@ class Dispatcher:
         while not self._stopping:
             self.heartbeat = time.time()
             try:
+                await self._refresh_active()
                 claimed = await self._claim_once()
             except Exception:  # the store is down, say: wait, then try again
                 outage.failed()
@@ -144,6 +150,21 @@ class Dispatcher:
             outage.recovered()
             if not claimed:
                 await self._idle()
+
+    async def _refresh_active(self) -> None:
+        """Processes sharing a store share suspend/activate: re-read the flag now and then."""
+        now = time.monotonic()
+        if now - self._active_checked >= ACTIVE_FLAG_REFRESH:
+            self._active_checked = now
+            seen = self._active_changes
+            active = await self.service.store.get_flag("active") != "false"
+            if seen == self._active_changes:  # not changed here while we read
+                self.service.active = active
+
+    def active_changed(self) -> None:
+        """This process just suspended or resumed sending (and wrote the flag)."""
+        self._active_changes += 1
+        self._active_checked = time.monotonic()
 
     async def _until_stopping(self) -> None:
         while not self._stopping:

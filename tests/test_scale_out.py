@@ -105,6 +105,26 @@ async def test_rate_limits_hold_across_processes(
     assert len(sink.mails) == 120  # three processes together, never more than the limit
 
 
+async def test_suspend_and_activate_reach_every_process(cluster: list[ServeProcess]) -> None:
+    async def active_everywhere() -> list[bool]:
+        states = []
+        for proxy in cluster:
+            async with proxy.client() as client:
+                states.append((await client.get("/status")).json()["active"])
+        return states
+
+    async with cluster[0].client() as client:
+        await post(client, "/commands/suspend", {})
+    async with asyncio.timeout(30):
+        while await active_everywhere() != [False] * 3:
+            await asyncio.sleep(0.2)
+    async with cluster[2].client() as client:
+        await post(client, "/commands/activate", {})
+    async with asyncio.timeout(30):
+        while await active_everywhere() != [True] * 3:
+            await asyncio.sleep(0.2)
+
+
 async def test_a_killed_process_leaves_nothing_behind(
     cluster: list[ServeProcess], sink: SmtpSink
 ) -> None:

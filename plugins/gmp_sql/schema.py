@@ -13,7 +13,12 @@ from dataclasses import dataclass
 
 import peewee as pw
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# What turns a database of version N-1 into version N, beyond the tables and indexes that
+# ``create_tables(safe=True)`` adds by itself. Statements must suit SQLite and PostgreSQL.
+# 2: the report queue (a new table only).
+MIGRATIONS: dict[int, tuple[str, ...]] = {2: ()}
 
 
 class _Table(pw.Model):

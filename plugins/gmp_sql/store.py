@@ -40,7 +40,7 @@ from gmp_core import (
 )
 from gmp_sql.listen import NewWorkListener
 from gmp_sql.runner import DatabaseThread, Runner, on_db_thread
-from gmp_sql.schema import SCHEMA_VERSION, Schema, bind_schema
+from gmp_sql.schema import MIGRATIONS, SCHEMA_VERSION, Schema, bind_schema
 
 ROWS_PER_STATEMENT = 400  # keeps every statement well under the bound-parameter limits
 SLOT_PRUNE_INTERVAL = 600.0
@@ -166,9 +166,21 @@ class SqlStore:
             if self.postgres:  # processes starting together create the schema one at a time
                 self._sql("SELECT pg_advisory_xact_lock(?)", [SCHEMA_LOCK_ID])
             self.db.create_tables(self.schema.models, safe=True)
-            version = self.schema.Version
-            if not version.select().exists():
-                version.insert(version=SCHEMA_VERSION).execute()
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring an older database up to ``SCHEMA_VERSION``, one step at a time. New tables and
+        indexes come from ``create_tables`` above; a step changes what is already there."""
+        version = self.schema.Version
+        rows = self._sql("SELECT MAX(version) FROM gmp_schema")
+        current = rows[0][0]
+        if current is None:  # a new database: created at the current version
+            version.insert(version=SCHEMA_VERSION).execute()
+            return
+        for step in range(current + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS.get(step, ()):
+                self._sql(statement)
+            version.insert(version=step).execute()
 
     async def watch(self, wake: Callable[[], None]) -> None:
         if self._listen_url is not None:
