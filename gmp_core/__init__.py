@@ -41,6 +41,7 @@ from gmp_core.store import (
     EnqueueResult,
     MessageRecord,
     Store,
+    VolumeRecord,
 )
 
 hookimpl = pluggy.HookimplMarker("gmp")
@@ -77,6 +78,7 @@ __all__ = [
     "TlsMode",
     "Transport",
     "VolumeBackend",
+    "VolumeRecord",
     "hookimpl",
     "setting",
 ]

@@ -313,10 +313,34 @@ class Dispatcher:
                     f"{attachment.volume!r} is not available",
                     temporary=False,
                 )
-        contents = await asyncio.gather(
-            *(volumes[a.volume].read(a.subpath, account.id) for a in attachments)
-        )
-        return list(zip(attachments, contents, strict=True))
+        return await self._read_within_limit(attachments, account)
+
+    async def _read_within_limit(
+        self, attachments: Sequence[Attachment], account: Account
+    ) -> list[tuple[Attachment, bytes]]:
+        """Read one attachment after the other, stopping as soon as the message's total
+        passes ``max_message_attachment_bytes``: one message never holds more than that plus
+        one attachment in memory. Errors name the attachment."""
+        limit = self.settings.max_message_attachment_bytes
+        contents: list[tuple[Attachment, bytes]] = []
+        total = 0
+        for attachment in attachments:
+            volume = self.service.volumes[attachment.volume]
+            try:
+                data = await volume.read(attachment.subpath, account.id)
+            except AttachmentError as exc:
+                raise AttachmentError(
+                    f"attachment {attachment.filename!r}: {exc}", temporary=exc.temporary
+                ) from exc
+            total += len(data)
+            if total > limit:
+                raise AttachmentError(
+                    f"attachment {attachment.filename!r}: the message's attachments are "
+                    f"over the limit of {limit} bytes",
+                    temporary=False,
+                )
+            contents.append((attachment, data))
+        return contents
 
     def outcome_of(self, claim: Claim, result: SendResult, now: float) -> Outcome:
         """Sent, retried later with back-off, or failed for good."""

@@ -101,6 +101,21 @@ class _FlagRow(_Table):
     value = pw.TextField()
 
 
+class _VolumeRow(_Table):
+    """Attachment volumes defined over the API. ``owner`` is the account id, or "" for a
+    volume every account may use ("" rather than NULL: NULLs never clash in a key)."""
+
+    name = pw.TextField()
+    owner = pw.TextField()
+    backend = pw.TextField()
+    config = pw.TextField()  # JSON
+    created_at = pw.DoubleField()
+    updated_at = pw.DoubleField()
+
+    class Meta:
+        primary_key = pw.CompositeKey("name", "owner")
+
+
 class _SchemaRow(_Table):
     version = pw.IntegerField(primary_key=True)
 
@@ -115,6 +130,7 @@ class Schema:
     Account: type[_AccountRow]
     Flag: type[_FlagRow]
     Version: type[_SchemaRow]
+    Volume: type[_VolumeRow]
 
     @property
     def models(self) -> list[type[pw.Model]]:
@@ -127,6 +143,7 @@ class Schema:
             self.Account,
             self.Flag,
             self.Version,
+            self.Volume,
         ]
 
 
@@ -144,6 +161,7 @@ def bind_schema(db: pw.Database) -> Schema:
         Account=model(_AccountRow, "accounts"),
         Flag=model(_FlagRow, "flags"),
         Version=model(_SchemaRow, "gmp_schema"),
+        Volume=model(_VolumeRow, "volumes"),
     )
     m = schema.Message
     m.add_index(m.index(m.priority, m.pk, where=m.state == "queued", name="ix_messages_queued"))
