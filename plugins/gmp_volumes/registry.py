@@ -9,11 +9,12 @@ every start.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from genro_storage import StorageManager
@@ -32,6 +33,8 @@ log = logging.getLogger("gmp.volumes")
 
 Key = tuple[str, str | None]  # (name, account_id); None: every account
 
+_serials = itertools.count(1)
+
 
 @dataclass(slots=True)
 class Mounted:
@@ -40,6 +43,9 @@ class Mounted:
     from_file: bool  # defined in plugins.toml: not changeable over the API
     created_at: float | None = None
     updated_at: float | None = None
+    # Names this mount in shared reads: a volume replaced under the same name never serves
+    # bytes read through its predecessor.
+    serial: int = field(default_factory=lambda: next(_serials))
 
     def public(self) -> dict[str, Any]:
         return {
@@ -111,7 +117,7 @@ class VolumeRegistry:
                     f"source timed out after {timeout:g}s", temporary=True
                 ) from None
 
-        return await self.reuse.get((id(mounted), subpath), read)
+        return await self.reuse.get((mounted.serial, subpath), read)
 
     async def write(self, name: str, subpath: str, data: bytes, account_id: str = "") -> None:
         """Put a file in a genro-storage volume (``memory`` ones: tests and embedding)."""

@@ -21,6 +21,8 @@ class FileServer:
         self.files = dict(files or {})
         self.redirects: dict[str, str] = {}
         self.hanging: set[str] = set()
+        self.streams: dict[str, int] = {}  # path -> bytes sent with no Content-Length
+        self.streamed = 0
         self.hits: Counter[str] = Counter()
         self.authorizations: list[str | None] = []
         self.released = threading.Event()
@@ -36,6 +38,9 @@ class FileServer:
                     server.hung.set()
                     server.released.wait(30)
                     return
+                if path in server.streams:
+                    self._stream(server.streams[path])
+                    return
                 if path in server.redirects:
                     self.send_response(302)
                     self.send_header("Location", server.redirects[path])
@@ -50,6 +55,17 @@ class FileServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def _stream(self, size: int) -> None:
+                self.send_response(200)
+                self.end_headers()  # no length: the body ends when the connection closes
+                chunk = b"s" * 65536
+                try:
+                    while server.streamed < size:
+                        self.wfile.write(chunk)
+                        server.streamed += len(chunk)
+                except OSError:
+                    pass  # the client hung up
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -100,11 +116,10 @@ class WebdavServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.server = wsgi.Server(("127.0.0.1", self.port), app)
-        self._thread = threading.Thread(target=self.server.safe_start, daemon=True)
+        self._thread = threading.Thread(target=self.server.serve, daemon=True)
 
     def start(self) -> WebdavServer:
         self.server.prepare()
-        self._thread = threading.Thread(target=self.server.serve, daemon=True)
         self._thread.start()
         return self
 

@@ -196,3 +196,23 @@ async def test_scope_is_checked_again_at_send_time(
     assert error.detail == "attachment 'a.txt': volume 'docs' is not available"
     assert await status_of(service, "m1") == "error"
     assert sink.mails == []
+
+
+async def test_a_replaced_volume_never_serves_reads_of_its_predecessor(
+    make_service: ServiceFactory, sink: SmtpSink, events: EventLog, tmp_path: Path
+) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    for root, text in ((old, b"old bytes"), (new, b"new bytes")):
+        root.mkdir()
+        (root / "x.txt").write_bytes(text)
+    service = await start(make_service, sink, volumes={"reuse_seconds": 600})
+    registry = registry_of(service)
+    assert registry is not None
+    await registry.put(local_volume(old, "docs"))
+    await service.add_messages([message("m1", attachments=[attach("x.txt", "docs:x.txt")])])
+    await events.wait("sent", "m1")
+    await registry.put(local_volume(new, "docs"))
+    await service.add_messages([message("m2", attachments=[attach("x.txt", "docs:x.txt")])])
+    await events.wait("sent", "m2")
+    contents = {mail.gmp_id: attachments_of(mail)[0][2] for mail in sink.mails}
+    assert contents == {"m1": b"old bytes", "m2": b"new bytes"}

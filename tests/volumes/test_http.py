@@ -203,3 +203,26 @@ async def test_the_same_path_is_fetched_once_per_dispatch_batch(
     await events.wait("sent", count=10)
     assert web.hits == {"/logo.png": 1}
     assert {attachments_of(mail)[0][2] for mail in sink.mails} == {b"\x89PNG logo"}
+
+
+async def test_a_body_without_length_is_cut_off_at_the_limit(
+    make_service: ServiceFactory, sink: SmtpSink, events: EventLog, web: FileServer
+) -> None:
+    """Memory stays bounded: a 200 MiB body is dropped once it passes the limit, and the
+    reader never held much more than the limit (measured with tracemalloc)."""
+    import tracemalloc
+
+    limit = 4 * 1024 * 1024
+    web.streams["/endless"] = 200 * 1024 * 1024
+    volume = http_volume(web.url, LOOPBACK)
+    service = await start(make_service, sink, volume, max_attachment_bytes=limit)
+    tracemalloc.start()
+    try:
+        await service.add_messages([with_file("m1", "endless")])
+        [error] = await events.wait("error", "m1")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert error.detail == f"attachment 'file.bin': too large: over the limit of {limit} bytes"
+    assert peak < 3 * limit
+    assert web.streamed < 50 * 1024 * 1024  # the server was hung up on, not read to the end
