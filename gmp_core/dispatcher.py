@@ -29,7 +29,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from gmp_core.interfaces import AttachmentError, RateDecision
+from gmp_core.interfaces import AttachmentError, RateDecision, VolumeBackend
 from gmp_core.mime import build_mime
 from gmp_core.models import (
     IMMEDIATE,
@@ -304,16 +304,19 @@ class Dispatcher:
     ) -> list[tuple[Attachment, bytes]]:
         if not attachments:
             return []
-        volumes = self.service.volumes
-        for attachment in attachments:
-            volume = volumes.get(attachment.volume)
-            if volume is None or not volume.accepts(account.id):
-                raise AttachmentError(
-                    f"attachment {attachment.filename!r}: volume "
-                    f"{attachment.volume!r} is not available",
-                    temporary=False,
-                )
+        for attachment in attachments:  # all available, before reading any
+            self._volume_for(attachment, account)
         return await self._read_within_limit(attachments, account)
+
+    def _volume_for(self, attachment: Attachment, account: Account) -> VolumeBackend:
+        volume = self.service.volumes.get(attachment.volume)
+        if volume is None or not volume.accepts(account.id):
+            raise AttachmentError(
+                f"attachment {attachment.filename!r}: volume "
+                f"{attachment.volume!r} is not available",
+                temporary=False,
+            )
+        return volume
 
     async def _read_within_limit(
         self, attachments: Sequence[Attachment], account: Account
@@ -325,7 +328,7 @@ class Dispatcher:
         contents: list[tuple[Attachment, bytes]] = []
         total = 0
         for attachment in attachments:
-            volume = self.service.volumes[attachment.volume]
+            volume = self._volume_for(attachment, account)  # it may have gone meanwhile
             try:
                 data = await volume.read(attachment.subpath, account.id)
             except AttachmentError as exc:

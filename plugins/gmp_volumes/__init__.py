@@ -81,8 +81,8 @@ def gmp_register_volume_backends(
     settings: VolumesSettings = service.config.section("volumes")
     register("base64", Base64Volume(settings.max_attachment_bytes))
     registry = VolumeRegistry(service, settings)
+    service.state[STATE_KEY] = registry  # first: if mounting fails, shutdown closes the rest
     registry.mount_configured(register)
-    service.state[STATE_KEY] = registry
 
 
 @hookimpl

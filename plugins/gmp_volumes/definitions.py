@@ -52,6 +52,7 @@ class _WebConfig(_BackendConfig):
     token: str | None = None
     # Private, loopback and link-local addresses are refused unless listed here.
     allow_networks: list[Network] = Field(default_factory=list)
+    ca_bundle: str | None = None  # CA file for servers with a private certificate authority
 
     @field_validator("allow_networks", mode="before")
     @classmethod
@@ -115,9 +116,7 @@ class VolumeDefinition(BaseModel):
         try:
             return BACKEND_CONFIGS[self.backend].model_validate(self.config)
         except ValidationError as exc:
-            error = exc.errors(include_input=False, include_url=False)[0]
-            where = ".".join(str(part) for part in ("config", *error["loc"]))
-            raise ValueError(f"{where}: {error['msg']}") from None
+            raise ValueError(f"config.{describe(exc)}") from None
 
     def public(self) -> dict[str, Any]:
         """The definition as the API shows it: secrets redacted."""
@@ -127,6 +126,16 @@ class VolumeDefinition(BaseModel):
             "config": redact(self.config),
             "account_id": self.account_id,
         }
+
+
+def describe(error: Exception) -> str:
+    """A validation error as "field: problem", never echoing the value (it may be a secret;
+    pydantic's own text shows the input)."""
+    if isinstance(error, ValidationError):
+        first = error.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return f"{where}: {first['msg']}" if where else first["msg"]
+    return str(error)
 
 
 def redact(config: Mapping[str, Any]) -> dict[str, Any]:

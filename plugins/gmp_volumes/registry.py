@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from genro_storage import StorageManager
-from pydantic import ValidationError
 
 from gmp_core import AttachmentError, ConfigError, InvalidInput, Service
 from gmp_core.store import VolumeRecord
-from gmp_volumes.definitions import VolumeDefinition
+from gmp_volumes.definitions import VolumeDefinition, describe
 from gmp_volumes.sources import Source, StorageSource
 from gmp_volumes.web import WebSource
 
@@ -144,23 +143,35 @@ class VolumeRegistry:
         """Mount the volumes kept in the store. One that cannot be mounted any more (an extra
         uninstalled since) is logged and skipped: its messages fail with a clear error."""
         for record in await self.service.store.list_volumes():
+            if self._blocked(record.name, record.account_id):
+                log.warning("volume %r kept in the store is shadowed; not mounted", record.name)
+                continue
             try:
                 definition = _definition(record)
                 self._install(definition, self._mount(definition), record)
             except Exception as exc:
                 log.error("volume %r cannot be mounted: %s", record.name, _reason(exc))
 
+    def _blocked(self, name: str, account_id: str | None) -> str | None:
+        """Why the API may not set this volume: plugins.toml defines it, or another plugin
+        registered a volume of that name."""
+        current = self._mounted.get((name, account_id))
+        if current is not None and current.from_file:
+            return f"volume {name!r} is defined in plugins.toml"
+        taken = self.service.volumes.get(name)
+        if taken is not None and not isinstance(taken, NamedVolume):
+            return f"volume name {name!r} is taken by a plugin"
+        return None
+
     async def put(self, payload: Any) -> dict[str, Any]:
         """Create or replace a volume from an API payload; usable by the next message."""
         definition = parse_definition(payload)
         key = (definition.name, definition.account_id)
         async with self._changing:
+            blocked = self._blocked(definition.name, definition.account_id)
+            if blocked:
+                raise InvalidInput(blocked)
             current = self._mounted.get(key)
-            if current is not None and current.from_file:
-                raise InvalidInput(f"volume {definition.name!r} is defined in plugins.toml")
-            taken = self.service.volumes.get(definition.name)
-            if taken is not None and not isinstance(taken, NamedVolume):
-                raise InvalidInput(f"volume name {definition.name!r} is taken by a plugin")
             try:
                 source = self._mount(definition)
             except Exception as exc:
@@ -289,15 +300,13 @@ class RecentReads:
 
 def parse_definition(payload: Any) -> VolumeDefinition:
     """An API payload as a definition; errors name the field."""
+    if not isinstance(payload, dict):
+        raise InvalidInput("body: expected a JSON object")
     try:
         definition = VolumeDefinition.model_validate(payload)
         definition.backend_config()
-    except ValidationError as exc:
-        error = exc.errors(include_input=False, include_url=False)[0]
-        where = ".".join(str(part) for part in error["loc"]) or "body"
-        raise InvalidInput(f"{where}: {error['msg']}") from None
-    except ValueError as exc:
-        raise InvalidInput(str(exc)) from None
+    except ValueError as exc:  # pydantic's ValidationError is one
+        raise InvalidInput(describe(exc)) from None
     return definition
 
 
@@ -325,10 +334,10 @@ def _s3_mount(config: Any) -> dict[str, Any]:
 
 def _reason(exc: Exception) -> str:
     """Why mounting failed, without echoing configuration values (they may be secrets)."""
-    if isinstance(exc, ImportError):
-        return f"its backend is not installed ({exc})"
+    if isinstance(exc, ImportError):  # only s3 has libraries beyond the base install
+        return f"the s3 backend is not installed: pip install 'genro-mail-proxy[s3]' ({exc})"
     if isinstance(exc, ValueError | RuntimeError):
-        return str(exc)
+        return describe(exc)
     return type(exc).__name__
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
@@ -51,8 +52,8 @@ class AddressGuard:
     def permits(self, address: Address) -> bool:
         return is_public(address) or any(address in network for network in self.allow)
 
-    async def resolve(self, host: str, port: int) -> Address:
-        """The address to connect to: every address the name resolves to must be permitted
+    async def resolve(self, host: str, port: int) -> list[Address]:
+        """The addresses to connect to: every address the name resolves to must be permitted
         (one bad answer is enough to refuse: we cannot tell which one a client would use)."""
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(
@@ -66,7 +67,7 @@ class AddressGuard:
         refused = [a for a in addresses if not self.permits(a)]
         if refused:
             raise forbidden(f"{host} resolves to a non-public address ({refused[0]})")
-        return addresses[0]
+        return list(dict.fromkeys(addresses))
 
 
 class WebSource:
@@ -85,7 +86,9 @@ class WebSource:
             self.headers["Authorization"] = f"Bearer {config.token}"
         elif config.username is not None:
             self.auth = (config.username, config.password or "")
+        tls = ssl.create_default_context(cafile=config.ca_bundle) if config.ca_bundle else True
         self.client = httpx.AsyncClient(
+            verify=tls,
             timeout=timeout,
             follow_redirects=False,  # each hop goes through the guard
             trust_env=False,  # a proxy from the environment would bypass the guard
@@ -106,15 +109,9 @@ class WebSource:
         if url.scheme not in ("http", "https") or not url.host:
             raise forbidden(f"redirect to a {url.scheme or 'relative'} URL")
         port = url.port or (443 if url.scheme == "https" else 80)
-        address = await self.guard.resolve(url.host, port)
-        host_header = url.netloc.decode("ascii")
-        pinned = url.copy_with(host=str(address))
-        headers = {"Host": host_header, **self._credentials_for(url)}
-        extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
-        request = self.client.build_request("GET", pinned, headers=headers, extensions=extensions)
-        auth = self.auth if self._same_origin(url) else None
+        addresses = await self.guard.resolve(url.host, port)
         try:
-            response = await self.client.send(request, stream=True, auth=auth)
+            response = await self._send_pinned(url, addresses)
         except httpx.TimeoutException:
             raise AttachmentError("source timed out", temporary=True) from None
         except httpx.TransportError as exc:
@@ -126,6 +123,26 @@ class WebSource:
             return await _read_capped(response, limit)
         finally:
             await response.aclose()
+
+    async def _send_pinned(self, url: httpx.URL, addresses: list[Address]) -> httpx.Response:
+        """GET ``url`` from the checked addresses, one after the other until one connects.
+        The URL's host is replaced by the address; ``Host`` and the TLS server name stay the
+        URL's, so virtual hosts work and certificates are verified for the name."""
+        headers = {"Host": url.netloc.decode("ascii"), **self._credentials_for(url)}
+        extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+        auth = self.auth if self._same_origin(url) else None
+        failure: httpx.ConnectError | None = None
+        for address in addresses:
+            pinned = url.copy_with(host=str(address))
+            request = self.client.build_request(
+                "GET", pinned, headers=headers, extensions=extensions
+            )
+            try:
+                return await self.client.send(request, stream=True, auth=auth)
+            except httpx.ConnectError as exc:
+                failure = exc  # the next address may answer
+        assert failure is not None  # resolve() never returns an empty list
+        raise failure
 
     def _same_origin(self, url: httpx.URL) -> bool:
         return url.copy_with(path="/", query=None, fragment=None) == self.origin

@@ -4,6 +4,7 @@ hanging paths and a hit counter; moto's S3; wsgidav's WebDAV."""
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +18,12 @@ class FileServer:
     """Serves ``files`` (path -> bytes). ``redirects`` (path -> Location) answer 302;
     requests for a path in ``hanging`` wait until the server stops, sending nothing."""
 
-    def __init__(self, files: dict[str, bytes] | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        files: dict[str, bytes] | None = None,
+        host: str = "127.0.0.1",
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.files = dict(files or {})
         self.redirects: dict[str, str] = {}
         self.hanging: set[str] = set()
@@ -72,8 +78,10 @@ class FileServer:
 
         self.httpd = ThreadingHTTPServer((host, 0), Handler)
         self.httpd.daemon_threads = True
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
-        self.url = f"http://{host}:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://{host}:{self.port}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def start(self) -> FileServer:

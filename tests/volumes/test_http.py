@@ -7,6 +7,8 @@ any connection is attempted, which is what the tests assert."""
 from __future__ import annotations
 
 import ipaddress
+import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -226,3 +228,30 @@ async def test_a_body_without_length_is_cut_off_at_the_limit(
     assert error.detail == f"attachment 'file.bin': too large: over the limit of {limit} bytes"
     assert peak < 3 * limit
     assert web.streamed < 50 * 1024 * 1024  # the server was hung up on, not read to the end
+
+
+async def test_https_is_verified_against_the_urls_host_though_the_checked_address_is_dialled(
+    make_service: ServiceFactory, sink: SmtpSink, events: EventLog, tmp_path: Path
+) -> None:
+    import trustme
+
+    authority = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(context)
+    server = FileServer({"/a.txt": b"over tls"}, tls=context).start()
+    ca_file = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    try:
+        allow, bundle = ["127.0.0.1/32", "::1/128"], str(ca_file)
+        by_name = http_volume(f"https://localhost:{server.port}", allow, ca_bundle=bundle)
+        by_address = {**http_volume(server.url, allow, ca_bundle=bundle), "name": "raw"}
+        service = await start(make_service, sink, by_name, by_address)
+        raw = {"filename": "file.bin", "storage_path": "raw:a.txt"}
+        await service.add_messages([with_file("m1", "a.txt"), message("m2", attachments=[raw])])
+        await events.wait("sent", "m1")
+        # the certificate names localhost, not 127.0.0.1: verification is on, and fails
+        [deferred, *_] = await events.wait("deferred", "m2")
+        assert deferred.detail == "attachment 'file.bin': source unreachable: ConnectError"
+        assert attachments_of(sink.mails[0])[0][2] == b"over tls"
+    finally:
+        server.stop()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from importlib import metadata
+from pathlib import Path
 
 from packaging.requirements import Requirement
 
@@ -41,3 +44,28 @@ def test_the_s3_extra_brings_the_s3_backend() -> None:
     requirements = [Requirement(line) for line in metadata.requires("genro-mail-proxy") or []]
     s3 = [r for r in requirements if r.marker and r.marker.evaluate({"extra": "s3"})]
     assert any(r.name == "genro-storage" and "s3" in r.extras for r in s3)
+
+
+def test_a_volume_whose_extra_is_missing_stops_start_up_naming_it(tmp_path: Path) -> None:
+    """Run where s3fs cannot be imported (a fresh interpreter: fsspec caches backends)."""
+    tables = {
+        "sql": {"url": str(tmp_path / "gmp.db")},
+        "plugins": {"disable": ["rest"]},
+        "volumes": {"mounts": [{"name": "bucket", "backend": "s3", "config": {"bucket": "att"}}]},
+    }
+    script = f"""
+import asyncio, sys
+sys.modules["s3fs"] = None  # as if installed without the [s3] extra
+from gmp_core import Config, ConfigError, Service
+try:
+    asyncio.run(Service(Config({tables!r}, environ={{}})).start())
+except ConfigError as exc:
+    print(exc)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == (
+        "[volumes] volume 'bucket': the s3 backend is not installed: "
+        "pip install 'genro-mail-proxy[s3]' (Install s3fs to access S3)"
+    )
