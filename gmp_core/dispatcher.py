@@ -295,8 +295,11 @@ class Dispatcher:
         service = self.service
         await call_each(service.pm.hook.gmp_prepare_message, message=outgoing, account=account)
         if outgoing.data is None:
-            attachments = await self._read_attachments(outgoing.message.attachments, account)
-            outgoing.data = build_mime(outgoing, attachments)
+            # No name for the attachments' bytes: they are freed once built in, not held
+            # for the whole SMTP conversation.
+            outgoing.data = build_mime(
+                outgoing, await self._read_attachments(outgoing.message.attachments, account)
+            )
         return await service.transports[account.transport].send(outgoing, account)
 
     async def _read_attachments(
