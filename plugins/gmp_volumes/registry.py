@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from genro_storage import StorageManager
 
-from gmp_core import AttachmentError, ConfigError, InvalidInput, Service
-from gmp_core.store import VolumeRecord
+from gmp_core import AttachmentError, ConfigError, InvalidInput, Service, VolumeRecord
 from gmp_volumes.definitions import VolumeDefinition, describe
 from gmp_volumes.sources import Source, StorageSource
 from gmp_volumes.web import WebSource
@@ -128,7 +127,8 @@ class VolumeRegistry:
     # ------------------------------------------------------------------ changes
 
     def mount_configured(self, register: Callable[[str, Any], None]) -> None:
-        """Mount the volumes of ``plugins.toml`` (at registration, before the store opens)."""
+        """Mount the volumes of ``plugins.toml`` and register their names (at start-up, from
+        the registration hook)."""
         for definition in self.settings.mounts:
             key = (definition.name, definition.account_id)
             try:
@@ -232,7 +232,7 @@ class VolumeRegistry:
         backend = definition.backend
         if backend in ("http", "webdav"):
             url = config.base_url if backend == "http" else config.url
-            return WebSource(url, config, self.settings.fetch_timeout)
+            return WebSource(url, config)
         if backend == "local":
             mount: dict[str, Any] = {"protocol": "local", "base_path": config.base_path}
         elif backend == "memory":

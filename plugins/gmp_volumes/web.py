@@ -36,12 +36,20 @@ REDIRECTS = (301, 302, 303, 307, 308)
 TEMPORARY_STATUSES = (408, 425, 429, 500, 502, 503, 504)
 
 
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # IPv6 addresses of IPv4 hosts behind NAT64
+
+
 def is_public(address: Address) -> bool:
     """True for addresses on the public internet. Private, loopback, link-local (where cloud
     metadata services live, 169.254.169.254), shared, multicast, reserved and unspecified
-    addresses are not; nor are IPv4 addresses wrapped in IPv6."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    addresses are not; nor are IPv6 addresses that carry such an IPv4 address (mapped,
+    6to4, NAT64)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if address in NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None and not is_public(embedded):
+            return False
     return address.is_global and not address.is_multicast
 
 
@@ -73,7 +81,7 @@ class AddressGuard:
 class WebSource:
     """Reads ``<base URL>/<subpath>`` with a GET, through the address guard."""
 
-    def __init__(self, base_url: str, config: Any, timeout: float) -> None:
+    def __init__(self, base_url: str, config: Any) -> None:
         if httpx is None:
             raise RuntimeError(
                 "HTTP and WebDAV volumes need httpx: pip install 'genro-mail-proxy[http]'"
@@ -89,7 +97,7 @@ class WebSource:
         tls = ssl.create_default_context(cafile=config.ca_bundle) if config.ca_bundle else True
         self.client = httpx.AsyncClient(
             verify=tls,
-            timeout=timeout,
+            timeout=None,  # the registry bounds each whole read, redirects included
             follow_redirects=False,  # each hop goes through the guard
             trust_env=False,  # a proxy from the environment would bypass the guard
         )
@@ -112,8 +120,6 @@ class WebSource:
         addresses = await self.guard.resolve(url.host, port)
         try:
             response = await self._send_pinned(url, addresses)
-        except httpx.TimeoutException:
-            raise AttachmentError("source timed out", temporary=True) from None
         except httpx.TransportError as exc:
             raise unreachable(type(exc).__name__) from None
         try:
@@ -178,8 +184,6 @@ async def _read_capped(response: httpx.Response, limit: int) -> bytes:
             body += chunk
             if len(body) > limit:
                 raise too_large(limit)
-    except httpx.TimeoutException:
-        raise AttachmentError("source timed out", temporary=True) from None
     except httpx.TransportError as exc:
         raise unreachable(type(exc).__name__) from None
     return bytes(body)

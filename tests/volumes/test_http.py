@@ -56,6 +56,9 @@ def with_file(id: str, path: str, filename: str = "file.bin") -> dict[str, Any]:
         ("fd00:ec2::254", False),  # AWS metadata over IPv6
         ("100.100.100.200", False),  # Alibaba metadata (shared address space)
         ("::ffff:127.0.0.1", False),  # IPv4 loopback wrapped in IPv6
+        ("2002:7f00:1::1", False),  # ... in a 6to4 address
+        ("64:ff9b::a9fe:a9fe", False),  # 169.254.169.254 through NAT64
+        ("64:ff9b::5db8:d70e", True),  # a public IPv4 host through NAT64
         ("0.0.0.0", False),
         ("224.0.0.1", False),
     ],
