@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pydantic import BaseModel, field_validator
 
 from gmp_core import Service, Settings, VolumeBackend, hookimpl, setting
-from gmp_volumes.definitions import VolumeDefinition, expand_environment
+from gmp_volumes.definitions import Network, VolumeDefinition, expand_environment
 from gmp_volumes.registry import VolumeRegistry
 from gmp_volumes.sources import Base64Volume
 
@@ -36,6 +36,14 @@ class VolumesSettings(Settings):
         ge=0,
     )
     reuse_max_bytes: int = setting(64 * MiB, description="memory for reads kept for reuse", ge=0)
+    api_local_roots: list[str] = setting(
+        [], description="directories under which volumes set over the API may read files"
+    )
+    api_allow_networks: list[Network] = setting(
+        [],
+        description="non-public networks volumes set over the API may reach (allow-list "
+        "in their allow_networks, or as an S3 endpoint)",
+    )
     mounts: list[VolumeDefinition] = setting(
         [],
         description="volumes defined here: [[volumes.mounts]] tables with name, backend, "

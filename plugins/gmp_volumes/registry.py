@@ -21,6 +21,7 @@ from genro_storage import StorageManager
 
 from gmp_core import AttachmentError, ConfigError, InvalidInput, Service, VolumeRecord
 from gmp_volumes.definitions import VolumeDefinition, describe
+from gmp_volumes.policy import check_api_definition
 from gmp_volumes.sources import Source, StorageSource
 from gmp_volumes.web import WebSource
 
@@ -148,9 +149,16 @@ class VolumeRegistry:
                 continue
             try:
                 definition = _definition(record)
+                await self._check_reach(definition)  # the operator may have narrowed it
                 self._install(definition, self._mount(definition), record)
             except Exception as exc:
                 log.error("volume %r cannot be mounted: %s", record.name, _reason(exc))
+
+    async def _check_reach(self, definition: VolumeDefinition) -> None:
+        settings = self.settings
+        await check_api_definition(
+            definition, settings.api_local_roots, settings.api_allow_networks
+        )
 
     def _blocked(self, name: str, account_id: str | None) -> str | None:
         """Why the API may not set this volume: plugins.toml defines it, or another plugin
@@ -171,6 +179,7 @@ class VolumeRegistry:
             blocked = self._blocked(definition.name, definition.account_id)
             if blocked:
                 raise InvalidInput(blocked)
+            await self._check_reach(definition)
             current = self._mounted.get(key)
             try:
                 source = self._mount(definition)
@@ -336,7 +345,7 @@ def _reason(exc: Exception) -> str:
     """Why mounting failed, without echoing configuration values (they may be secrets)."""
     if isinstance(exc, ImportError):  # only s3 has libraries beyond the base install
         return f"the s3 backend is not installed: pip install 'genro-mail-proxy[s3]' ({exc})"
-    if isinstance(exc, ValueError | RuntimeError):
+    if isinstance(exc, ValueError | RuntimeError):  # InvalidInput is a ValueError
         return describe(exc)
     return type(exc).__name__
 

@@ -27,6 +27,11 @@ def local_volume(root: Path, name: str = "docs", **fields: Any) -> dict[str, Any
     return {"name": name, "backend": "local", "config": {"base_path": str(root)}, **fields}
 
 
+def may_read(root: Path) -> dict[str, Any]:
+    """[volumes] settings letting API volumes read under ``root``'s parent."""
+    return {"api_local_roots": [str(root.parent)]}
+
+
 def sink_account(sink: SmtpSink) -> dict[str, Any]:
     return {"id": "acc", "host": sink.host, "port": sink.port, "tls": "none"}
 
@@ -47,7 +52,7 @@ async def test_a_volume_added_over_the_api_is_used_without_restart(
     start_service: ServiceFactory, sink: SmtpSink, root: Path
 ) -> None:
     events = EventLog()
-    service = await start_service(events)
+    service = await start_service(events, volumes=may_read(root))
     async with client_of(service) as http:
         assert (await http.post("/account", json=sink_account(sink))).json() == {"ok": True}
         refused = await http.post(
@@ -68,11 +73,11 @@ async def test_a_volume_added_over_the_api_is_used_without_restart(
 
 
 async def test_volumes_are_kept_across_restarts(start_service: ServiceFactory, root: Path) -> None:
-    first = await start_service()
+    first = await start_service(volumes=may_read(root))
     async with client_of(first) as http:
         assert (await http.post("/volume", json=local_volume(root, account_id="acc"))).is_success
     await first.stop()
-    second = await start_service()
+    second = await start_service(volumes=may_read(root))
     async with client_of(second) as http:
         answer = await http.get("/volume/docs", params={"account_id": "acc"})
     assert answer.status_code == 200
@@ -121,7 +126,7 @@ async def test_credentials_are_redacted_in_answers_and_logs(
 
 
 async def test_listing_is_scoped_by_account(start_service: ServiceFactory, root: Path) -> None:
-    service = await start_service()
+    service = await start_service(volumes=may_read(root))
     async with client_of(service) as http:
         for fields in ({}, {"account_id": "a"}, {"account_id": "b"}):
             assert (await http.post("/volume", json=local_volume(root, **fields))).is_success
@@ -139,7 +144,7 @@ async def test_deleting_a_volume_fails_the_messages_still_naming_it(
     start_service: ServiceFactory, sink: SmtpSink, root: Path
 ) -> None:
     events = EventLog()
-    service = await start_service(events)
+    service = await start_service(events, volumes=may_read(root))
     async with client_of(service) as http:
         await http.post("/account", json=sink_account(sink))
         await http.post("/volume", json=local_volume(root))
@@ -168,3 +173,71 @@ async def test_volumes_of_the_configuration_cannot_be_changed_over_the_api(
     assert replaced.status_code == 422
     assert replaced.json()["error"] == "volume 'docs' is defined in plugins.toml"
     assert deleted.status_code == 409
+
+
+@pytest.mark.parametrize(
+    ("volume", "reason"),
+    [
+        (
+            {"backend": "local", "config": {"base_path": "/etc"}},
+            "config.base_path: not under a directory of [volumes] api_local_roots",
+        ),
+        (
+            {"backend": "local", "config": {"base_path": "ROOT/../.."}},
+            "config.base_path: not under a directory of [volumes] api_local_roots",
+        ),
+        (
+            {"backend": "local", "config": {"base_path": "relative/dir"}},
+            "config.base_path: must be an absolute path",
+        ),
+        (
+            {
+                "backend": "http",
+                "config": {
+                    "base_url": "http://169.254.169.254/",
+                    "allow_networks": ["169.254.0.0/16"],
+                },
+            },
+            "config.allow_networks: 169.254.0.0/16 is not within [volumes] api_allow_networks",
+        ),
+        (
+            {"backend": "webdav", "config": {"url": "https://dav.example.com/", "ca_bundle": "/x"}},
+            "config.ca_bundle: may only be set in plugins.toml",
+        ),
+        (
+            {
+                "backend": "s3",
+                "config": {"bucket": "att", "endpoint_url": "http://169.254.169.254"},
+            },
+            "config.endpoint_url: 169.254.169.254 resolves to a non-public address "
+            "(169.254.169.254) outside [volumes] api_allow_networks",
+        ),
+    ],
+)
+async def test_api_volumes_reach_no_further_than_the_operator_allows(
+    start_service: ServiceFactory, root: Path, volume: dict[str, Any], reason: str
+) -> None:
+    """Holding the API token must not be enough to read the server's files or the cloud
+    metadata service. (Refused when defined: nothing is ever connected to.)"""
+    service = await start_service(volumes={**may_read(root), "api_allow_networks": ["127.0.0.0/8"]})
+    config = {
+        key: value.replace("ROOT", str(root)) if isinstance(value, str) else value
+        for key, value in volume["config"].items()
+    }
+    async with client_of(service) as http:
+        answer = await http.post("/volume", json={**volume, "name": "v", "config": config})
+    assert answer.status_code == 422
+    assert answer.json()["error"] == reason
+    assert "v" not in service.volumes
+
+
+async def test_a_stored_volume_beyond_narrowed_settings_is_not_mounted_again(
+    start_service: ServiceFactory, root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = await start_service(volumes=may_read(root))
+    async with client_of(first) as http:
+        assert (await http.post("/volume", json=local_volume(root))).is_success
+    await first.stop()
+    second = await start_service()  # the operator removed api_local_roots
+    assert "docs" not in second.volumes
+    assert "volume 'docs' cannot be mounted: config.base_path: not under a directory" in caplog.text

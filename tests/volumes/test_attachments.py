@@ -182,7 +182,7 @@ async def test_scope_is_checked_again_at_send_time(
     """A message queued while it could use the volume, sent after the volume became
     another account's: it ends as error, never sent without its attachment."""
     (files / "a.txt").write_bytes(b"a")
-    service = await start(make_service, sink)
+    service = await start(make_service, sink, volumes={"api_local_roots": [str(files)]})
     registry = registry_of(service)
     assert registry is not None
     volume = local_volume(files, name="docs")
@@ -205,7 +205,8 @@ async def test_a_replaced_volume_never_serves_reads_of_its_predecessor(
     for root, text in ((old, b"old bytes"), (new, b"new bytes")):
         root.mkdir()
         (root / "x.txt").write_bytes(text)
-    service = await start(make_service, sink, volumes={"reuse_seconds": 600})
+    volumes = {"reuse_seconds": 600, "api_local_roots": [str(tmp_path)]}
+    service = await start(make_service, sink, volumes=volumes)
     registry = registry_of(service)
     assert registry is not None
     await registry.put(local_volume(old, "docs"))

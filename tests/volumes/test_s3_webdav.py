@@ -54,7 +54,8 @@ def dav(tmp_path: Path) -> Iterator[WebdavServer]:
 
 
 async def start(make_service: ServiceFactory, sink: SmtpSink, volume: dict[str, Any]) -> Service:
-    service = await make_service(volumes={"mounts": [volume]})
+    settings = {"mounts": [volume], "api_allow_networks": ["127.0.0.0/8"]}
+    service = await make_service(volumes=settings)
     await service.put_account(account(sink))
     return service
 
