@@ -8,6 +8,7 @@ source may come back, permanent when asking again cannot help.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import itertools
@@ -77,8 +78,8 @@ class Base64Volume:
 
 
 class StorageSource:
-    """A genro-storage mount. Its calls run in worker threads (genro-storage's async
-    mode), so a read that hangs costs a thread until the backend gives up, never the loop."""
+    """A genro-storage mount. Reads run in worker threads, so a read that hangs costs a
+    thread until the backend gives up, never the event loop."""
 
     def __init__(self, manager: StorageManager, mount: dict[str, Any]) -> None:
         self.manager = manager
@@ -86,11 +87,9 @@ class StorageSource:
         manager.add_mount({**mount, "name": self.mount})
 
     async def read(self, subpath: str, limit: int) -> bytes:
-        node = self.manager.node(f"{self.mount}:{check_subpath(subpath)}")
+        path = f"{self.mount}:{check_subpath(subpath)}"
         try:
-            if await node.size() > limit:  # known before reading a byte
-                raise too_large(limit)
-            data: bytes = await node.read_bytes()
+            return await asyncio.to_thread(self._read_bounded, path, limit)
         except AttachmentError:
             raise
         except FileNotFoundError:
@@ -107,7 +106,18 @@ class StorageSource:
             raise AttachmentError(f"not a file: {subpath[:200]}", temporary=False) from None
         except Exception as exc:  # connection errors of each backend's client library
             raise unreachable(type(exc).__name__) from None
-        if len(data) > limit:  # the file grew since we looked
+
+    def _read_bounded(self, path: str, limit: int) -> bytes:
+        """In a worker thread (genro-storage's calls are plain blocking ones there): the size
+        first (a stat, an S3 HEAD), then at most ``limit + 1`` bytes, so memory stays bounded
+        even if the file grows meanwhile."""
+        node = self.manager.node(path)
+        if node.size() > limit:
+            raise too_large(limit)
+        with node.open("rb") as file:
+            data = file.read(limit + 1)
+        assert isinstance(data, bytes)  # opened "rb"
+        if len(data) > limit:
             raise too_large(limit)
         return data
 
