@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from gmp_sql import SqlSettings, gmp_make_store
 
-from gmp_core import Account, Config, Event, Message, Outcome, State, Store
+from gmp_core import Account, Config, Event, Message, Outcome, State, Store, VolumeRecord
 from gmp_core.intake import parse_message
 from tests.support import message
 
@@ -381,3 +381,20 @@ async def test_opening_migrates_and_is_safe_from_several_processes_at_once(
     assert [row[0] for row in versions] == list(range(1, SCHEMA_VERSION + 1))
     for other in others:
         await other.close()
+
+
+async def test_volumes_are_keyed_by_name_and_account(store: Store) -> None:
+    def volume(account_id: str | None, base: str, at: float) -> VolumeRecord:
+        return VolumeRecord("docs", account_id, "local", {"base_path": base}, at, at)
+
+    await store.put_volume(volume(None, "/shared", 1.0))
+    await store.put_volume(volume("acc", "/own", 2.0))
+    await store.put_volume(volume("acc", "/own-2", 3.0))  # replaces, keeps created_at
+    listed = await store.list_volumes()
+    assert [(v.account_id, v.config["base_path"], v.created_at, v.updated_at) for v in listed] == [
+        (None, "/shared", 1.0, 1.0),
+        ("acc", "/own-2", 2.0, 3.0),
+    ]
+    assert not await store.delete_volume("docs", "someone-else")
+    assert await store.delete_volume("docs", "acc")
+    assert [v.account_id for v in await store.list_volumes()] == [None]

@@ -37,6 +37,7 @@ from gmp_core import (
     QueueDepth,
     State,
     TlsMode,
+    VolumeRecord,
 )
 from gmp_sql.listen import NewWorkListener
 from gmp_sql.runner import DatabaseThread, Runner, on_db_thread
@@ -665,6 +666,49 @@ class SqlStore:
             flag.insert(name=name, value=value).on_conflict(
                 conflict_target=[flag.name], update={flag.value: value}
             ).execute()
+
+    # ------------------------------------------------------------------ volumes
+
+    @on_db_thread
+    def put_volume(self, volume: VolumeRecord) -> None:
+        row = self.schema.Volume
+        values = {
+            "name": volume.name,
+            "owner": volume.account_id or "",
+            "backend": volume.backend,
+            "config": _dumps(volume.config),
+            "created_at": volume.created_at,
+            "updated_at": volume.updated_at,
+        }
+        update = {k: v for k, v in values.items() if k not in ("name", "owner", "created_at")}
+        with self._write():
+            row.insert(**values).on_conflict(
+                conflict_target=[row.name, row.owner], update=update
+            ).execute()
+
+    @on_db_thread
+    def list_volumes(self) -> list[VolumeRecord]:
+        row = self.schema.Volume
+        return [
+            VolumeRecord(
+                name=r["name"],
+                account_id=r["owner"] or None,
+                backend=r["backend"],
+                config=json.loads(r["config"]),
+                created_at=r["created_at"],
+                updated_at=r["updated_at"],
+            )
+            for r in _dicts(row.select().order_by(row.name, row.owner))
+        ]
+
+    @on_db_thread
+    def delete_volume(self, name: str, account_id: str | None) -> bool:
+        row = self.schema.Volume
+        with self._write():
+            deleted: int = (
+                row.delete().where((row.name == name) & (row.owner == (account_id or ""))).execute()
+            )
+        return deleted > 0
 
 
 # ---------------------------------------------------------------------- helpers
