@@ -60,6 +60,7 @@ class SmtpSink:
         implicit_tls: ssl.SSLContext | None = None,  # TLS from the first byte (port 465)
         credentials: dict[str, str] | None = None,  # user -> password; AUTH required if set
         smtputf8: bool = True,
+        pipelining: bool = False,  # offer PIPELINING (RFC 2920) in the EHLO reply
     ) -> None:
         self.host = "127.0.0.1"
         self.port = 0
@@ -75,6 +76,7 @@ class SmtpSink:
         self._implicit_tls = implicit_tls
         self._credentials = credentials
         self._smtputf8 = smtputf8
+        self._pipelining = pipelining
         self._server: asyncio.Server | None = None
         self._protocols: set[SMTP] = set()
         self._changed = asyncio.Condition()
@@ -146,6 +148,21 @@ class SmtpSink:
                 self.logins.append(user)
                 return AuthResult(success=True)
         return AuthResult(success=False, handled=False)
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname  # aiosmtpd leaves this to a handler that has the hook
+        # aiosmtpd reads one command at a time, so it serves pipelined commands correctly; it
+        # only does not say so.
+        if self._pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(
         self,

@@ -26,6 +26,15 @@ async def sink() -> AsyncIterator[SmtpSink]:
     await server.stop()
 
 
+@pytest.fixture(params=[False, True], ids=["one-by-one", "pipelined"])
+async def either_sink(request: pytest.FixtureRequest) -> AsyncIterator[SmtpSink]:
+    """A sink with and without PIPELINING: modules whose tests must pass both ways say
+    ``sink = either_sink``-style overrides (see test_failures.py)."""
+    server = await SmtpSink(pipelining=request.param).start()
+    yield server
+    await server.stop()
+
+
 @pytest.fixture
 def events() -> EventLog:
     return EventLog()

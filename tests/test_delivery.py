@@ -6,9 +6,17 @@ import asyncio
 import email.utils
 import time
 
+import pytest
+
 from gmp_core import Service
 from gmp_core.testing import SmtpSink
 from tests.support import EventLog, ServiceFactory, account, message, status_of, wait_until
+
+
+@pytest.fixture
+def sink(either_sink: SmtpSink) -> SmtpSink:
+    """Every test here runs against a server that pipelines and one that does not."""
+    return either_sink
 
 
 async def test_delivered_with_headers_body_and_envelope(

@@ -13,6 +13,12 @@ from gmp_core.testing import SmtpSink
 from tests.support import EventLog, ServiceFactory, account, message, status_of
 
 
+@pytest.fixture
+def sink(either_sink: SmtpSink) -> SmtpSink:
+    """Every test here runs against a server that pipelines and one that does not."""
+    return either_sink
+
+
 async def test_4xx_reply_is_retried_later(
     service: Service, sink: SmtpSink, events: EventLog
 ) -> None:

@@ -21,7 +21,7 @@ from tests.processes import TOKEN, ServeProcess, post
 from tests.support import message
 
 
-def write_config(tmp_path: Path, database_url: str, lease_seconds: float = 2) -> Path:
+def write_config(tmp_path: Path, database_url: str, lease_seconds: float = 5) -> Path:
     path = tmp_path / "plugins.toml"
     path.write_text(
         f'[sql]\nurl = "{database_url}"\npool_size = 4\n'
