@@ -41,7 +41,7 @@ from gmp_core.models import (
     SendResult,
     State,
 )
-from gmp_core.plugins import call_each
+from gmp_core.plugins import blame, call_each, describe_failure
 from gmp_core.store import Claim
 
 if TYPE_CHECKING:
@@ -286,9 +286,7 @@ class Dispatcher:
             result = SendResult.failed(str(exc), temporary=exc.temporary)
         except Exception as exc:  # a bug in a plugin or in building: retry, never lose
             log.exception("sending %s failed unexpectedly", claim.message.id)
-            result = SendResult.failed(
-                f"internal error: {type(exc).__name__}: {exc}", temporary=True
-            )
+            result = SendResult.failed(f"internal error: {describe_failure(exc)}", temporary=True)
         return self.outcome_of(claim, result, time.time())
 
     async def _attempt(self, outgoing: OutgoingMessage, account: Account) -> SendResult:
@@ -297,7 +295,11 @@ class Dispatcher:
         if outgoing.data is None:
             attachments = await self._read_attachments(outgoing.message.attachments, account)
             outgoing.data = build_mime(outgoing, attachments)
-        return await service.transports[account.transport].send(outgoing, account)
+        try:
+            return await service.transports[account.transport].send(outgoing, account)
+        except Exception as exc:
+            blame(exc, f"transport {account.transport!r}")
+            raise
 
     async def _read_attachments(
         self, attachments: Sequence[Attachment], account: Account

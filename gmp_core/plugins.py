@@ -51,10 +51,15 @@ async def await_me_maybe(value: Any) -> Any:
 
 async def call_each(hook: pluggy.HookCaller, **kwargs: Any) -> None:
     """Call a notification hook one implementation at a time (pluggy's order: last registered
-    first), awaiting each result. The first exception propagates; later plugins are not
-    called, and no coroutine is left un-awaited."""
+    first), awaiting each result. The first exception propagates, marked with the plugin that
+    raised it (see :func:`blame`); later plugins are not called, and no coroutine is left
+    un-awaited."""
     for impl in reversed(hook.get_hookimpls()):
-        await await_me_maybe(impl.function(*(kwargs[name] for name in impl.argnames)))
+        try:
+            await await_me_maybe(impl.function(*(kwargs[name] for name in impl.argnames)))
+        except Exception as exc:
+            blame(exc, f"plugin {impl.plugin_name!r} in {hook.name}")
+            raise
 
 
 async def notify_each(hook: pluggy.HookCaller, log: logging.Logger, **kwargs: Any) -> None:
@@ -65,6 +70,26 @@ async def notify_each(hook: pluggy.HookCaller, log: logging.Logger, **kwargs: An
             await await_me_maybe(impl.function(*(kwargs[name] for name in impl.argnames)))
         except Exception:
             log.exception("plugin %r failed in %s", impl.plugin_name, hook.name)
+
+
+BLAME_PREFIX = "raised by "
+
+
+def blame(exc: BaseException, culprit: str) -> None:
+    """Note on ``exc`` which plugin raised it, keeping its type (callers may catch it). The
+    note shows in logged tracebacks and in :func:`describe_failure`."""
+    exc.add_note(BLAME_PREFIX + culprit)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """``RuntimeError: boom (raised by plugin 'signer' in gmp_prepare_message)``."""
+    text = f"{type(exc).__name__}: {exc}"
+    culprits = [
+        note.removeprefix(BLAME_PREFIX)
+        for note in getattr(exc, "__notes__", ())
+        if note.startswith(BLAME_PREFIX)
+    ]
+    return f"{text} (raised by {culprits[0]})" if culprits else text
 
 
 @dataclass(slots=True)

@@ -138,7 +138,10 @@ async def test_a_crashing_transport_retries_then_errors(
     await service.add_messages([message("m1", account_id="x")])
     [error] = await events.wait("error", "m1")
     assert events.kinds("m1") == ["queued", "deferred", "error"]
-    assert error.detail == "gave up after 2 attempts: internal error: RuntimeError: transport bug"
+    assert error.detail == (
+        "gave up after 2 attempts: internal error: RuntimeError: transport bug "
+        "(raised by transport 'broken')"
+    )
 
 
 async def test_unknown_transport_is_retried_not_lost(service: Service, events: EventLog) -> None:
