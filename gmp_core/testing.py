@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pluggy
 import pytest
 
 from gmp_core import Config, Event, Service, hookimpl
@@ -466,23 +467,33 @@ class ServiceStarter:
         """Add ``plugin`` to the services started from now on, and to those running when it
         only observes (its hooks are called per event or per request, not at start-up)."""
         running = [service for service in self.started if service.started_at is not None]
+        name = getattr(plugin, "__name__", None) or type(plugin).__name__
+        if running:
+            too_late = _hooks_of(running[0].pm, plugin) & START_UP_HOOKS
+            if too_late:
+                raise RuntimeError(
+                    f"{name} implements {', '.join(sorted(too_late))}, which run at "
+                    "start-up: register it before the service starts"
+                )
         for service in running:
-            name = getattr(plugin, "__name__", None) or type(plugin).__name__
             service.pm.register(plugin, name=name)
             service.pm.check_pending()
-            hooks = {caller.name for caller in service.pm.get_hookcallers(plugin) or ()}
-            if hooks & START_UP_HOOKS:
-                service.pm.unregister(plugin)
-                raise RuntimeError(
-                    f"{name} implements {', '.join(sorted(hooks & START_UP_HOOKS))}, which "
-                    "run at start-up: register it before the service starts"
-                )
         self.plugins.append(plugin)
         return plugin
 
     async def stop_all(self) -> None:
         for service in reversed(self.started):
             await service.stop()
+
+
+def _hooks_of(pm: pluggy.PluginManager, plugin: object) -> set[str]:
+    """The hooks ``plugin`` implements, by name."""
+    hooks = set()
+    for attribute in dir(plugin):
+        opts = pm.parse_hookimpl_opts(plugin, attribute)
+        if opts is not None:
+            hooks.add(opts.get("specname") or attribute)
+    return hooks
 
 
 # ---------------------------------------------------------------------------- fixtures
