@@ -4,10 +4,12 @@ was handling is retried, then ends as ``error``; it is never lost."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from gmp_core import Event, OutgoingMessage, Service, hookimpl
+from gmp_core import ConfigError, Event, OutgoingMessage, Service, hookimpl
 from gmp_core.testing import SmtpSink
 from tests.support import EventLog, ServiceFactory, account, message
 
@@ -91,3 +93,43 @@ async def test_a_failing_startup_hook_stops_start_up_naming_the_plugin(
     with pytest.raises(ConnectionError) as info:
         await make_service(plugins=[BrokenStartup()])
     assert "raised by plugin 'broken-startup' in gmp_startup" in info.value.__notes__
+
+
+class BrokenRegistration:
+    __name__ = "broken-registration"
+
+    @hookimpl
+    def gmp_register_transports(self, register: Callable[[str, Any], None]) -> None:
+        raise KeyError("missing credentials")
+
+
+async def test_a_failing_registration_hook_stops_start_up_naming_the_plugin(
+    make_service: ServiceFactory,
+) -> None:
+    with pytest.raises(KeyError) as info:
+        await make_service(plugins=[BrokenRegistration()])
+    assert info.value.__notes__ == [
+        "raised by plugin 'broken-registration' in gmp_register_transports"
+    ]
+
+
+class IdleTransport:
+    async def close(self) -> None:
+        pass
+
+
+class AnotherSmtp:
+    __name__ = "another-smtp"
+
+    @hookimpl
+    def gmp_register_transports(self, register: Callable[[str, Any], None]) -> None:
+        register("smtp", IdleTransport())
+
+
+async def test_a_name_taken_twice_names_the_plugin_that_found_it_taken(
+    make_service: ServiceFactory,
+) -> None:
+    with pytest.raises(ConfigError, match="two plugins register a transport named 'smtp'") as info:
+        await make_service(plugins=[AnotherSmtp()])
+    # Plugin objects given to the service run before installed ones: bundled smtp came second.
+    assert info.value.__notes__ == ["raised by plugin 'smtp' in gmp_register_transports"]

@@ -31,7 +31,9 @@ async def test_a_failing_auth_plugin_fails_only_that_request(
         broken = await http.get("/status", headers={"X-Directory-User": "ann"})
         assert broken.status_code == 500
         assert broken.json() == {"ok": False, "error": "internal error"}
-        assert "directory unreachable" in caplog.text  # logged with its traceback
+        # Logged with its traceback, which names the plugin.
+        assert "directory unreachable" in caplog.text
+        assert "raised by plugin 'flaky-directory' in gmp_authenticate" in caplog.text
 
         assert (await http.get("/health")).json() == {"ok": True}
         fine = await http.get("/status", headers={"X-API-Token": TOKEN})
