@@ -291,7 +291,9 @@ class Dispatcher:
 
     async def _attempt(self, outgoing: OutgoingMessage, account: Account) -> SendResult:
         service = self.service
-        await call_each(service.pm.hook.gmp_prepare_message, message=outgoing, account=account)
+        await call_each(
+            service.pm.hook.gmp_prepare_message, message=outgoing, account=account, service=service
+        )
         if outgoing.data is None:
             attachments = await self._read_attachments(outgoing.message.attachments, account)
             outgoing.data = build_mime(outgoing, attachments)

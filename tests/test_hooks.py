@@ -288,21 +288,32 @@ def test_hook_gmp_authenticate() -> None:
 # ---------------------------------------------------------------------------- sending
 
 
+class CampaignSettings(Settings):
+    name: str = setting("spring", description="the campaign messages belong to")
+
+
 class Campaign:
     @hookimpl
-    async def gmp_prepare_message(self, message: OutgoingMessage, account: Account) -> None:
+    def gmp_register_settings(self, register: Callable[[str, type[Settings]], None]) -> None:
+        register("campaign", CampaignSettings)
+
+    @hookimpl
+    async def gmp_prepare_message(
+        self, message: OutgoingMessage, account: Account, service: Service
+    ) -> None:
         await asyncio.sleep(0)  # may await: look something up, sign
-        message.extra_headers["X-Campaign"] = f"{account.id}/{message.attempt}"
+        campaign = service.config.section("campaign").name
+        message.extra_headers["X-Campaign"] = f"{campaign}/{account.id}/{message.attempt}"
 
 
 async def test_hook_gmp_prepare_message(
     make_service: ServiceFactory, sink: SmtpSink, events: EventLog
 ) -> None:
-    service = await make_service(plugins=[Campaign()])
+    service = await make_service(plugins=[Campaign()], campaign={"name": "autumn"})
     await service.put_account(account(sink))
     await service.add_messages([message("m1")])
     [mail] = await sink.wait_for(1)
-    assert mail.message["X-Campaign"] == "acc/1"
+    assert mail.message["X-Campaign"] == "autumn/acc/1"
 
 
 class SentCounter:
@@ -310,7 +321,7 @@ class SentCounter:
         self.sent: Counter[str | None] = Counter()
 
     @hookimpl
-    def gmp_event(self, event: Event) -> None:
+    def gmp_event(self, event: Event) -> None:  # takes only the arguments it needs
         if event.kind == "sent":
             self.sent[event.account_id] += 1
 
