@@ -108,6 +108,31 @@ class ServiceSettings(Settings):
         return len(self.retry_delays) if self.max_retries is None else self.max_retries
 
 
+class ReportingSettings(Settings):
+    """``[reporting]``: the delivery-report loops (one per enabled reporter)."""
+
+    batch_size: int = setting(500, ge=1, description="most reports in one post")
+    interval: float = setting(
+        1.0, ge=0, description="shortest wait between posts, unless more reports wait (seconds)"
+    )
+    poll_interval: float = setting(
+        5.0, gt=0, description="longest idle wait before looking for reports again (seconds)"
+    )
+    heartbeat_seconds: float = setting(
+        300.0, ge=0, description="when idle, an empty report this often; 0: never"
+    )
+    retry_initial: float = setting(
+        5.0, gt=0, description="first back-off after a failed post (seconds)"
+    )
+    retry_max: float = setting(300.0, gt=0, description="longest back-off (seconds)")
+    purge_interval: float = setting(
+        300.0, gt=0, description="how often retention purges reported messages (seconds)"
+    )
+    flush_timeout: float = setting(
+        10.0, ge=0, description="how long shutdown waits for a last post (seconds)"
+    )
+
+
 class Config:
     """The parsed file plus the environment; validates each table once it is registered."""
 
@@ -125,6 +150,9 @@ class Config:
         self._sections: dict[str, BaseModel] = {}
         self.plugins = typing.cast(PluginsSettings, self.register("plugins", PluginsSettings))
         self.service = typing.cast(ServiceSettings, self.register("service", ServiceSettings))
+        self.reporting = typing.cast(
+            ReportingSettings, self.register("reporting", ReportingSettings)
+        )
 
     @classmethod
     def load(

@@ -166,8 +166,9 @@ class Dispatcher:
         return True
 
     def _has_room(self) -> bool:
-        """Claim again once the pipeline is half empty: claims stay batched."""
-        return len(self._held) <= self.capacity // 2
+        """Claim again once the pipeline is half empty: claims stay batched. Messages already
+        sent and only waiting for the recorder do not count: they would starve the lanes."""
+        return len(self._held) - self._recorder.backlog <= self.capacity // 2
 
     async def _idle(self) -> None:
         """Sleep until woken, until the next scheduled message is due, or at most
@@ -373,10 +374,13 @@ class Dispatcher:
         return Outcome(message.id, State.ERROR, event, attempts=attempts, error=text)
 
     def recorded(self, outcomes: Sequence[Outcome]) -> None:
-        """The recorder wrote these: they leave our hands; room may have opened."""
+        """The recorder wrote these: they leave our hands."""
         for outcome in outcomes:
             self._held.pop(outcome.message_id, None)
-        if self._has_room():
+
+    def finished(self) -> None:
+        """Outcomes went to the recorder: room may have opened in the pipeline."""
+        if not self._wake.is_set() and self._has_room():
             self._wake.set()
 
     async def _keep_leases(self) -> None:
@@ -453,11 +457,17 @@ class Recorder:
         self.dispatcher = dispatcher
         self.heartbeat = 0.0
         self._pending: list[Outcome] = []
+        self._writing = 0  # outcomes in the store write under way
         self._has_work = asyncio.Event()
         self._full = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
+
+    @property
+    def backlog(self) -> int:
+        """Outcomes not yet written."""
+        return len(self._pending) + self._writing
 
     def add(self, outcomes: Iterable[Outcome]) -> None:
         self._pending.extend(outcomes)
@@ -466,6 +476,7 @@ class Recorder:
             self._has_work.set()
         if len(self._pending) >= self.BATCH:
             self._full.set()
+        self.dispatcher.finished()
 
     async def drain(self) -> None:
         """Return once everything added so far is written."""
@@ -490,6 +501,7 @@ class Recorder:
             self._has_work.clear()
             self._full.clear()
             batch, self._pending = self._pending, []
+            self._writing = len(batch)
             try:
                 applied = set(
                     await service.store.record(self.dispatcher.worker, batch, time.time())
@@ -500,8 +512,11 @@ class Recorder:
                 self._has_work.set()
                 await asyncio.sleep(self.RETRY_DELAY)
                 continue
+            finally:
+                self._writing = 0
             self.heartbeat = time.time()
             self.dispatcher.recorded(batch)
+            service.reporting.wake()
             await service.notify_events(
                 o.event for o in batch if o.event is not None and o.message_id in applied
             )

@@ -18,6 +18,7 @@ from gmp_core.intake import InvalidInput, parse_account, parse_message, parse_pr
 from gmp_core.interfaces import RateLimitPolicy, Reporter, Transport, VolumeBackend
 from gmp_core.models import IMMEDIATE, Account, Event, Message, Principal
 from gmp_core.plugins import call_each, make_plugin_manager, notify_each
+from gmp_core.reporter import Reporting
 from gmp_core.store import DeleteResult, MessageRecord, Store
 
 log = logging.getLogger("gmp.service")
@@ -80,6 +81,7 @@ class Service:
         self.started_at: float | None = None
         self._store: Store | None = None
         self._dispatcher: Dispatcher | None = None
+        self._reporting: Reporting | None = None
         self._accounts: AccountDirectory | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -95,6 +97,12 @@ class Service:
         if self._dispatcher is None:
             raise RuntimeError("the service is not started")
         return self._dispatcher
+
+    @property
+    def reporting(self) -> Reporting:
+        if self._reporting is None:
+            raise RuntimeError("the service is not started")
+        return self._reporting
 
     @property
     def accounts(self) -> AccountDirectory:
@@ -119,6 +127,9 @@ class Service:
             self._collect_plugin_objects()
             self.active = await store.get_flag("active") != "false"
             self._dispatcher = Dispatcher(self)
+            await store.watch(self._dispatcher.wake)
+            self._reporting = Reporting(self)
+            await self._reporting.prepare()
             await call_each(hook.gmp_startup, service=self)
         except BaseException:
             # Let plugins that did start (a listening HTTP server, say) release what they took.
@@ -126,6 +137,7 @@ class Service:
             await self._close_plugins()
             raise
         self._dispatcher.start()
+        self._reporting.start()
         self.started_at = time.time()
         log.info(
             "genro-mail-proxy started (worker %s, sending %s)",
@@ -152,6 +164,7 @@ class Service:
             return
         self.started_at = None
         await self._dispatcher.stop(self.config.service.shutdown_timeout)
+        await self.reporting.stop()  # after the dispatcher: its last outcomes get reported
         await notify_each(self.pm.hook.gmp_shutdown, log, service=self)
         await self._close_plugins()
         log.info("genro-mail-proxy stopped")
@@ -178,7 +191,10 @@ class Service:
         """Empty when healthy; else what is wrong (a background loop died)."""
         if self._dispatcher is None:
             return ["not started"]
-        return [f"background task {name} has stopped" for name in self._dispatcher.dead_tasks]
+        dead = self._dispatcher.dead_tasks
+        if self._reporting is not None:
+            dead += self._reporting.dead_tasks
+        return [f"background task {name} has stopped" for name in dead]
 
     async def status(self) -> dict[str, Any]:
         dispatcher = self.dispatcher
@@ -190,6 +206,7 @@ class Service:
                 "dispatcher": dispatcher.heartbeat,
                 "recorder": dispatcher._recorder.heartbeat,
             },
+            "reporters": self.reporting.status(),
             "started_at": self.started_at,
             "worker": dispatcher.worker,
         }
@@ -257,9 +274,10 @@ class Service:
             self.dispatcher.wake(urgent=urgent)
         queued = set(result.queued)
         await self.notify_events(e for e in events if e.message_id in queued)
-        await self.notify_events(
-            Event("rejected", r.id or "", None, now, detail=r.reason) for r in rejected
-        )
+        rejections = [Event("rejected", r.id or "", None, now, detail=r.reason) for r in rejected]
+        if any(r.id for r in rejected):  # history of the ids the client used
+            await self.store.add_events([e for e in rejections if e.message_id])
+        await self.notify_events(rejections)
         return AddResult(queued=len(result.queued), rejected=rejected)
 
     def _check_volumes(self, message: Message) -> None:
@@ -306,8 +324,9 @@ class Service:
     # ------------------------------------------------------------------ control
 
     def run_now(self) -> None:
-        """Wake the dispatcher (and, once there are any, the reporters) at once."""
+        """Wake the dispatcher and the reporters at once."""
         self.dispatcher.wake(urgent=True)
+        self.reporting.run_now()
 
     async def set_active(self, active: bool) -> bool:
         """Suspend or resume sending; persisted across restarts."""
@@ -337,6 +356,7 @@ class Service:
         if not deletion.deleted:
             raise AccountBusy(deletion.unsent)
         await self._forget_account(account_id)
+        self.reporting.wake()
         await self.notify_events(deletion.events)
 
     async def _forget_account(self, account_id: str) -> None:

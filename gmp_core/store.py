@@ -12,10 +12,11 @@ SQLite and PostgreSQL. The contract, which the shared store tests check on every
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from gmp_core.interfaces import DeliveryReport
 from gmp_core.models import Account, Event, Message, Outcome
 
 
@@ -78,6 +79,11 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+    async def watch(self, wake: Callable[[], None]) -> None:
+        """From now on call ``wake()`` whenever another process queues messages (a store that
+        only one process uses may do nothing: the service wakes its own dispatcher)."""
+        ...
 
     async def ping(self) -> None:
         """Raise when the database cannot be reached (readiness)."""
@@ -163,6 +169,29 @@ class Store(Protocol):
 
     async def queue_counts(self) -> dict[str, int]:
         """Messages per state."""
+        ...
+
+    # delivery reports ----------------------------------------------------------------------
+    async def set_reporters(self, reporters: Mapping[str, bool]) -> int:
+        """The enabled reporters (name -> also wants deferrals). From now on each final event,
+        and each deferral for those that want them, waits for each of them. Reports waiting
+        for a reporter no longer enabled are dropped: returns how many. With no reporter at
+        all, a final message counts as reported when it ends (so retention still applies)."""
+        ...
+
+    async def add_events(self, events: Sequence[Event]) -> None:
+        """Write events that change no message (rejections at intake): history only."""
+        ...
+
+    async def pending_reports(self, reporter: str, limit: int) -> list[DeliveryReport]:
+        """The oldest reports ``reporter`` has not acknowledged, oldest first."""
+        ...
+
+    async def acknowledge_reports(
+        self, reporter: str, event_ids: Sequence[int], now: float
+    ) -> None:
+        """``reporter`` acknowledged these reports. A final message that no reporter still
+        waits for gets ``reported_ts = now`` (retention counts from then)."""
         ...
 
     async def get_flag(self, name: str) -> str | None: ...

@@ -192,3 +192,34 @@ async def test_sigkill_mid_dispatch_loses_nothing(
     async with restarted.client() as client:
         status = (await client.get("/status")).json()
     assert status["queue"]["sent"] == 60
+
+
+async def test_a_report_posted_but_not_marked_is_posted_again_after_sigkill(
+    config_file: Path, processes: list[ServeProcess], sink: SmtpSink
+) -> None:
+    from tests.receiver import ReportReceiver
+
+    receiver = await ReportReceiver().start()
+    receiver.mode = "slow"  # the client got the report; the proxy never hears back
+    with config_file.open("a") as config:
+        config.write(f'[proxy_sync]\nurl = "{receiver.url}"\n[reporting]\ninterval = 0\n')
+    proxy = await serve(config_file, processes)
+    async with proxy.client() as client:
+        await post(
+            client, "/account", {"id": "acc", "host": sink.host, "port": sink.port, "tls": "none"}
+        )
+        await post(client, "/commands/add-messages", {"messages": [message("r1")]})
+    await receiver.wait(lambda r: len(r.reported()) == 1)
+    await proxy.stop(signal.SIGKILL)
+    receiver.mode = "ok"
+    receiver.release.set()
+
+    restarted = await serve(config_file, processes)
+    await receiver.wait(lambda r: len(r.reported()) == 2)
+    assert [r["id"] for r in receiver.reported()] == ["r1", "r1"]  # at least once
+    async with restarted.client() as client:
+        record = (await client.get("/messages/r1")).json()
+    assert len(sink.mails) == 1  # the mail itself went once
+    await restarted.stop()
+    await receiver.stop()
+    assert record["message"]["status"] == "sent"

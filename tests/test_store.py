@@ -16,9 +16,14 @@ from tests.support import message
 WINDOW = 30 * 86400
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    config = Config({"sql": {"url": str(tmp_path / "store.db")}}, environ={})
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """The bundled store on each database it supports: the contract is the same."""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+    else:
+        url = str(tmp_path / "store.db")
+    config = Config({"sql": {"url": url}}, environ={})
     config.register("sql", SqlSettings)
     made = gmp_make_store(config)
     assert made is not None
@@ -190,12 +195,96 @@ async def test_sent_ids_outlive_cleanup_for_the_idempotency_window(store: Store)
 
 
 async def test_cleanup_removes_only_reported_final_messages(store: Store) -> None:
+    await store.set_reporters({"client": False})
     now = time.time()
-    await enqueue(store, msg("a"), msg("b"), now=now)
+    await enqueue(store, msg("a"), msg("b"), msg("c"), now=now)
     await claim(store, now=now)
     await store.record("w1", [sent("a", now), sent("b", now)], now)
-    # Nothing is reported yet (the reporter comes later): nothing may be purged.
+    # Nothing acknowledged yet: nothing may be purged, however old.
     assert await store.cleanup(now + 1000, now + 1000, WINDOW) == 0
+    reports = await store.pending_reports("client", 10)
+    await store.acknowledge_reports("client", [r.event_id for r in reports if r.id == "a"], now)
+    assert await store.cleanup(now + 1000, now + 1000, WINDOW) == 1  # a only; c is unsent
+    assert [r.id for r in await store.pending_reports("client", 10)] == ["b"]
+
+
+def deferred(id: str, now: float) -> Outcome:
+    event = Event("deferred", id, "acc", now, code=451, detail="later", data={"retry_at": now + 60})
+    return Outcome(id, State.SCHEDULED, event, deferred_ts=now + 60, attempts=1)
+
+
+async def test_each_reporter_acknowledges_on_its_own(store: Store) -> None:
+    await store.set_reporters({"finals": False, "everything": True})
+    now = time.time()
+    await enqueue(store, msg("x"), msg("y"), now=now)
+    await claim(store, now=now)
+    await store.record("w1", [deferred("y", now)], now)
+    await store.record("w1", [sent("x", now + 1)], now + 1)
+
+    finals = await store.pending_reports("finals", 10)
+    everything = await store.pending_reports("everything", 10)
+    assert [(r.id, r.status) for r in finals] == [("x", "sent")]
+    assert [(r.id, r.status) for r in everything] == [("y", "deferred"), ("x", "sent")]
+    assert everything[0].as_item() == {
+        "id": "y",
+        "account_id": "acc",
+        "priority": 2,
+        "status": "deferred",
+        "sent_ts": None,
+        "error_ts": None,
+        "error": "later",
+        "error_code": 451,
+        "deferred_ts": now + 60,
+    }
+    assert everything[1].as_item()["sent_ts"] == now + 1
+
+    await store.acknowledge_reports("finals", [finals[0].event_id], now + 2)
+    record, _ = await store.get_message("x") or pytest.fail("missing")
+    assert record.reported_ts is None  # "everything" has not acknowledged it yet
+    assert len(await store.pending_reports("everything", 10)) == 2
+    await store.acknowledge_reports("everything", [r.event_id for r in everything], now + 3)
+    record, _ = await store.get_message("x") or pytest.fail("missing")
+    assert record.reported_ts == now + 3
+    assert await store.pending_reports("everything", 10) == []
+
+
+async def test_a_batch_is_bounded_and_oldest_first(store: Store) -> None:
+    await store.set_reporters({"client": False})
+    now = time.time()
+    ids = [f"m{i}" for i in range(7)]
+    await enqueue(store, *map(msg, ids), now=now)
+    await claim(store, now=now)
+    for id_ in ids:  # one write each: event order is send order
+        await store.record("w1", [sent(id_, now)], now)
+    first = await store.pending_reports("client", 3)
+    assert [r.id for r in first] == ids[:3]
+    await store.acknowledge_reports("client", [r.event_id for r in first], now)
+    assert [r.id for r in await store.pending_reports("client", 10)] == ids[3:]
+
+
+async def test_without_reporters_final_messages_count_as_reported(store: Store) -> None:
+    await store.set_reporters({"gone": False})
+    now = time.time()
+    await enqueue(store, msg("a"), now=now)
+    await claim(store, now=now)
+    await store.record("w1", [sent("a", now)], now)
+    assert await store.set_reporters({}) == 1  # the report waiting for "gone" is dropped
+    await enqueue(store, msg("b"), now=now)
+    await claim(store, now=now)
+    await store.record("w1", [sent("b", now)], now)
+    record, _ = await store.get_message("b") or pytest.fail("missing")
+    assert record.reported_ts == now
+    # a waited for "gone" only: it counts as reported from the moment "gone" went.
+    later = time.time() + 1
+    assert await store.cleanup(later, later, WINDOW) == 2
+
+
+async def test_rejections_are_kept_as_history(store: Store) -> None:
+    now = time.time()
+    await enqueue(store, msg("a"), now=now)
+    await store.add_events([Event("rejected", "a", None, now, detail="already sent")])
+    _, events = await store.get_message("a") or pytest.fail("missing")
+    assert [(e.kind, e.detail) for e in events] == [("queued", ""), ("rejected", "already sent")]
 
 
 async def test_sliding_window_reservations(store: Store) -> None:
@@ -211,24 +300,38 @@ async def test_sliding_window_reservations(store: Store) -> None:
     assert granted == 0 and retry == [now + 3600]
 
 
-async def test_the_due_work_query_reads_an_index(store: Store) -> None:
-    """Finding due work must not scan the table (it keeps days of sent messages)."""
-    sqlite = store.db  # type: ignore[attr-defined]
+async def test_the_due_work_queries_read_an_index(store: Store) -> None:
+    """Finding due work and waiting reports must not scan tables that keep days of rows."""
+    db = store.db  # type: ignore[attr-defined]
+    postgres = store.postgres  # type: ignore[attr-defined]
 
     def plan(sql: str) -> str:
-        rows = sqlite.execute_sql(f"EXPLAIN QUERY PLAN {sql}").fetchall()
+        if postgres:  # the tables are tiny: ask whether an index can serve, not the cheapest
+            for setting in ("enable_seqscan", "enable_bitmapscan"):
+                db.execute_sql(f"SET {setting} = off")
+            rows = db.execute_sql(f"EXPLAIN {sql}").fetchall()
+            for setting in ("enable_seqscan", "enable_bitmapscan"):
+                db.execute_sql(f"RESET {setting}")
+        else:
+            rows = db.execute_sql(f"EXPLAIN QUERY PLAN {sql}").fetchall()
         return " | ".join(str(row[-1]) for row in rows)
 
-    queued = await store.thread.run(
-        lambda: plan(  # type: ignore[attr-defined]
-            "SELECT pk FROM messages WHERE state = 'queued' AND priority <= 3 "
-            "ORDER BY priority, pk LIMIT 10"
-        )
+    async def plan_of(sql: str) -> str:
+        return await store.runner.run(lambda: plan(sql))  # type: ignore[attr-defined]
+
+    queued = await plan_of(
+        "SELECT pk FROM messages WHERE state = 'queued' AND priority <= 3 "
+        "ORDER BY priority, pk LIMIT 10"
     )
-    assert "SEARCH messages USING INDEX ix_messages_queued" in queued
-    scheduled = await store.thread.run(
-        lambda: plan(  # type: ignore[attr-defined]
-            "SELECT MIN(deferred_ts) FROM messages WHERE state = 'scheduled'"
-        )
+    reports = await plan_of(
+        "SELECT event_pk FROM report_queue WHERE reporter = 'r' ORDER BY event_pk LIMIT 500"
     )
-    assert "SEARCH messages USING INDEX ix_messages_scheduled" in scheduled
+    scheduled = await plan_of("SELECT MIN(deferred_ts) FROM messages WHERE state = 'scheduled'")
+    if postgres:
+        assert "ix_messages_queued" in queued and "Sort" not in queued
+        assert "report_queue_pkey" in reports and "Sort" not in reports
+        assert "ix_messages_scheduled" in scheduled
+    else:
+        assert "SEARCH messages USING INDEX ix_messages_queued" in queued
+        assert "SEARCH report_queue USING" in reports and "TEMP B-TREE" not in reports
+        assert "SEARCH messages USING INDEX ix_messages_scheduled" in scheduled

@@ -1,7 +1,8 @@
 """Bundled store plugin: messages, accounts and rate-limit windows in SQL through peewee.
 
-``[sql] url`` (or the legacy ``GMP_DB_PATH``) is a file path or ``sqlite:///path``; the
-default is ``gmp.db`` in the working directory.
+``[sql] url`` (or the legacy ``GMP_DB_PATH``) is a file path or ``sqlite:///path`` (default
+``gmp.db`` in the working directory), or ``postgresql://user:password@host:port/database``
+for several processes sharing one queue (``pip install "genro-mail-proxy[postgresql]"``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Literal
 import peewee as pw
 
 from gmp_core import Config, ConfigError, Settings, hookimpl, setting
+from gmp_sql.runner import GreenletRunner
 from gmp_sql.store import SqlStore
 
 __all__ = ["SqlSettings", "SqlStore"]
@@ -20,7 +22,13 @@ __all__ = ["SqlSettings", "SqlStore"]
 
 class SqlSettings(Settings):
     url: str = setting(
-        "gmp.db", env="GMP_DB_PATH", description="database: a SQLite file path, or sqlite:///path"
+        "gmp.db",
+        env="GMP_DB_PATH",
+        description="database: a SQLite file path, sqlite:///path, or postgresql://...",
+    )
+    pool_size: int = setting(10, ge=1, description="PostgreSQL: most connections per process")
+    connect_timeout: float = setting(
+        10.0, gt=0, description="PostgreSQL: seconds to connect or to wait for a free connection"
     )
     busy_timeout_ms: int = setting(10_000, description="SQLite: wait this long for the lock")
     synchronous: Literal["normal", "full"] = setting(
@@ -40,7 +48,7 @@ def gmp_make_store(config: Config) -> SqlStore | None:
     settings: SqlSettings = config.section("sql")
     url = settings.url
     if url.startswith(("postgres://", "postgresql://")):
-        raise ConfigError("[sql] url: PostgreSQL is not supported yet")
+        return _postgresql_store(settings)
     path = url.removeprefix("sqlite:///")  # sqlite:///rel.db, sqlite:////abs/path.db
     if path != ":memory:":
         file = Path(path).expanduser()
@@ -57,3 +65,20 @@ def gmp_make_store(config: Config) -> SqlStore | None:
             },
         )
     )
+
+
+def _postgresql_store(settings: SqlSettings) -> SqlStore:
+    try:
+        from playhouse.pwasyncio import AsyncPostgresqlDatabase
+    except ImportError:
+        raise ConfigError(
+            '[sql] url: PostgreSQL needs the extra: pip install "genro-mail-proxy[postgresql]"'
+        ) from None
+    url = "postgresql://" + settings.url.split("://", 1)[1]  # asyncpg knows only this scheme
+    db = AsyncPostgresqlDatabase(
+        url,
+        pool_size=settings.pool_size,
+        pool_min_size=1,
+        acquire_timeout=settings.connect_timeout,
+    )
+    return SqlStore(db, GreenletRunner(db), listen_url=url)

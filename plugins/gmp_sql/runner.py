@@ -1,14 +1,20 @@
-"""Where store operations run: one dedicated thread that owns the SQLite connection.
+"""Where store operations run.
 
-Each store operation is a plain synchronous peewee function (one transaction), handed to the
-thread whole: one hop between the event loop and the database per operation.
+Each store operation is a plain synchronous peewee function (one transaction), handed to a
+runner whole:
 
-Why not ``playhouse.pwasyncio`` for SQLite: it runs every statement through aiosqlite as
-three thread hops (execute, fetch, close), so a one-message enqueue (begin, four statements,
-commit) cost 1.2 ms against 0.17 ms here (measured on this project's 2-core machine). A single
-connection also means the process never contends with itself for SQLite's one write lock.
-The same synchronous functions run unchanged on peewee's greenlet bridge (``db.run(fn)``)
-for an asyncio driver such as asyncpg.
+* SQLite: one dedicated thread that owns the connection; one hop between the event loop and
+  the database per operation. Why not ``playhouse.pwasyncio`` here: it runs every statement
+  through aiosqlite as three thread hops (execute, fetch, close), so a one-message enqueue
+  (begin, four statements, commit) cost 1.2 ms against 0.17 ms here (measured on this
+  project's 2-core machine). A single connection also means the process never contends with
+  itself for SQLite's one write lock.
+* PostgreSQL: the same functions on peewee's greenlet bridge (``playhouse.pwasyncio`` over
+  asyncpg), each operation with a pooled connection of its own, so operations of different
+  tasks run concurrently.
+
+Either way an operation, once started, finishes even if the awaiting task is cancelled: a
+transaction is never abandoned half-way.
 """
 
 from __future__ import annotations
@@ -17,12 +23,18 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Concatenate, ParamSpec, Protocol, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import peewee as pw
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+class Runner(Protocol):
+    async def run(self, fn: Callable[[], T]) -> T: ...
+
+    async def close(self) -> None: ...
 
 
 class DatabaseThread:
@@ -31,8 +43,6 @@ class DatabaseThread:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gmp-db")
 
     async def run(self, fn: Callable[[], T]) -> T:
-        # Once started, an operation finishes even if the awaiting task is cancelled: the
-        # thread never abandons a transaction half-way.
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def close(self) -> None:
@@ -40,20 +50,40 @@ class DatabaseThread:
         self._executor.shutdown(wait=True)
 
 
-class _HasThread(Protocol):
-    thread: DatabaseThread
+class GreenletRunner:
+    """For ``playhouse.pwasyncio`` databases (PostgreSQL through asyncpg)."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db  # an AsyncPostgresqlDatabase
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        # A task of its own: its pooled connection is released when the operation ends, and
+        # a cancelled caller does not interrupt the transaction.
+        return await asyncio.shield(asyncio.create_task(self._in_connection(fn)))
+
+    async def _in_connection(self, fn: Callable[[], T]) -> T:
+        async with self.db:
+            result: T = await self.db.run(fn)
+            return result
+
+    async def close(self) -> None:
+        await self.db.close_pool()
 
 
-S = TypeVar("S", bound=_HasThread)
+class _HasRunner(Protocol):
+    runner: Runner
+
+
+S = TypeVar("S", bound=_HasRunner)
 
 
 def on_db_thread(
     method: Callable[Concatenate[S, P], T],
 ) -> Callable[Concatenate[S, P], Awaitable[T]]:
-    """Turn a synchronous store method into an async one that runs on the database thread."""
+    """Turn a synchronous store method into an async one, run by the store's runner."""
 
     @functools.wraps(method)
     async def run(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self.thread.run(functools.partial(method, self, *args, **kwargs))
+        return await self.runner.run(functools.partial(method, self, *args, **kwargs))
 
     return run

@@ -101,6 +101,17 @@ class _FlagRow(_Table):
     value = pw.TextField()
 
 
+class _ReportQueueRow(_Table):
+    """A report waiting for one reporter: rows go when that reporter acknowledges."""
+
+    reporter = pw.TextField()
+    event_pk = pw.IntegerField()
+    message_id = pw.TextField()
+
+    class Meta:
+        primary_key = pw.CompositeKey("reporter", "event_pk")
+
+
 class _SchemaRow(_Table):
     version = pw.IntegerField(primary_key=True)
 
@@ -114,6 +125,7 @@ class Schema:
     SendSlot: type[_SendSlotRow]
     Account: type[_AccountRow]
     Flag: type[_FlagRow]
+    ReportQueue: type[_ReportQueueRow]
     Version: type[_SchemaRow]
 
     @property
@@ -126,6 +138,7 @@ class Schema:
             self.SendSlot,
             self.Account,
             self.Flag,
+            self.ReportQueue,
             self.Version,
         ]
 
@@ -143,6 +156,7 @@ def bind_schema(db: pw.Database) -> Schema:
         SendSlot=model(_SendSlotRow, "send_slots"),
         Account=model(_AccountRow, "accounts"),
         Flag=model(_FlagRow, "flags"),
+        ReportQueue=model(_ReportQueueRow, "report_queue"),
         Version=model(_SchemaRow, "gmp_schema"),
     )
     m = schema.Message
@@ -155,6 +169,8 @@ def bind_schema(db: pw.Database) -> Schema:
     )
     e = schema.Event
     e.add_index(e.index(e.message_id, e.pk, name="ix_events_message"))
+    q = schema.ReportQueue
+    q.add_index(q.index(q.message_id, name="ix_report_queue_message"))
     s = schema.SendSlot
     s.add_index(s.index(s.account_id, s.ts, name="ix_send_slots"))
     return schema

@@ -1,17 +1,22 @@
-"""The store on peewee, SQLite by default.
+"""The store on peewee: SQLite by default, PostgreSQL for several processes.
 
-Every public method is one transaction, written as plain synchronous peewee code and run on
-the database thread (``runner.py``). Writes on SQLite take the lock up front
-(``BEGIN IMMEDIATE``): a deferred transaction that reads and then writes fails at once with
-"database is locked" when another process writes, whatever the busy timeout. Hot paths
-(claim, record, enqueue, reserve) are single SQL statements over a whole batch.
+Every public method is one transaction, written as plain synchronous peewee code and run by
+the runner (``runner.py``): a database thread for SQLite, peewee's greenlet bridge over
+asyncpg for PostgreSQL. Hot paths (claim, record, enqueue, reserve) are single SQL statements
+over a whole batch. The SQL is shared; where the dialects differ:
+
+* SQLite writes take the lock up front (``BEGIN IMMEDIATE``): a deferred transaction that
+  reads and then writes fails at once with "database is locked" when another process writes;
+* PostgreSQL claims with ``FOR UPDATE SKIP LOCKED`` (processes never wait for, or take, each
+  other's rows), serialises rate-limit reservations per account with a row lock, and needs
+  explicit types for parameters in ``VALUES`` lists (``CAST``, which SQLite accepts too).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from itertools import islice
 from typing import Any
@@ -23,6 +28,7 @@ from gmp_core import (
     AccountDeletion,
     Claim,
     DeleteResult,
+    DeliveryReport,
     EnqueueResult,
     Event,
     Message,
@@ -31,18 +37,30 @@ from gmp_core import (
     State,
     TlsMode,
 )
-from gmp_sql.runner import DatabaseThread, on_db_thread
+from gmp_sql.listen import NewWorkListener
+from gmp_sql.runner import DatabaseThread, Runner, on_db_thread
 from gmp_sql.schema import SCHEMA_VERSION, Schema, bind_schema
 
 ROWS_PER_STATEMENT = 400  # keeps every statement well under the bound-parameter limits
 SLOT_PRUNE_INTERVAL = 600.0
 UNSENT = (State.QUEUED, State.SCHEDULED, State.SENDING)
+SCHEMA_LOCK_ID = 0x676D7001  # PostgreSQL advisory lock taken while creating the schema
+NEW_WORK_CHANNEL = "gmp_new_work"  # PostgreSQL NOTIFY channel: messages were queued
+_OUTCOME_TYPES = (
+    "TEXT",
+    "TEXT",
+    "DOUBLE PRECISION",
+    "INTEGER",
+    "TEXT",
+    "DOUBLE PRECISION",
+    "DOUBLE PRECISION",
+)
 
 _CLAIM_SQL = """
 WITH candidates AS (
     SELECT pk, account_id, priority FROM messages
     WHERE state = 'queued' AND priority <= ?
-    ORDER BY priority, pk LIMIT ?
+    ORDER BY priority, pk LIMIT ?{skip_locked}
 ), ranked AS (
     SELECT c.pk, c.priority,
            ROW_NUMBER() OVER (PARTITION BY c.account_id ORDER BY c.priority, c.pk) AS nth,
@@ -55,10 +73,14 @@ RETURNING pk, id, account_id, priority, attempts, deferred_ts
 """
 
 # Due again: schedules that came due, and leases that ran out (a dispatcher died).
-_PROMOTE_SQL = (
-    "UPDATE messages SET state = 'queued', claimed_by = NULL, lease_until = NULL "
-    "WHERE (state = 'scheduled' AND deferred_ts <= ?) OR (state = 'sending' AND lease_until < ?)"
+_PROMOTE_SQL = """
+UPDATE messages SET state = 'queued', claimed_by = NULL, lease_until = NULL
+WHERE pk IN (
+    SELECT pk FROM messages
+    WHERE (state = 'scheduled' AND deferred_ts <= ?) OR (state = 'sending' AND lease_until < ?)
+    {skip_locked}
 )
+"""
 
 # Applies a batch of outcomes: only rows still claimed by this worker (a claim taken over
 # after an expired lease belongs to its new owner).
@@ -66,8 +88,8 @@ _RECORD_SQL = """
 WITH outcome(id, state, deferred_ts, attempts, error, sent_ts, error_ts) AS (VALUES {rows})
 UPDATE messages SET state = outcome.state, deferred_ts = outcome.deferred_ts,
     attempts = outcome.attempts, error = outcome.error, sent_ts = outcome.sent_ts,
-    error_ts = outcome.error_ts, reported_ts = NULL, claimed_by = NULL, lease_until = NULL,
-    updated_at = ?
+    error_ts = outcome.error_ts, claimed_by = NULL, lease_until = NULL, updated_at = ?,
+    reported_ts = CASE WHEN outcome.state IN ('sent', 'error') THEN CAST(? AS DOUBLE PRECISION) END
 FROM outcome
 WHERE messages.id = outcome.id AND messages.state = 'sending' AND messages.claimed_by = ?
 RETURNING messages.id
@@ -93,24 +115,43 @@ ON CONFLICT (pk) DO UPDATE SET payload = excluded.payload
 """
 
 _EVENT_COLUMNS = "(message_id, account_id, ts, kind, code, detail, data)"
+FINAL_KINDS = ("sent", "error")
+
+_PENDING_REPORTS_SQL = """
+SELECT e.pk, e.message_id, e.account_id, m.priority, e.kind, e.ts, e.code, e.detail, e.data
+FROM report_queue q JOIN message_events e ON e.pk = q.event_pk
+LEFT JOIN messages m ON m.id = e.message_id
+WHERE q.reporter = ? ORDER BY q.event_pk LIMIT ?
+"""
 
 
 class SqlStore:
-    """A :class:`gmp_core.Store` on a peewee database, used from one thread."""
+    """A :class:`gmp_core.Store` on a peewee database (SQLite or PostgreSQL)."""
 
-    def __init__(self, db: pw.Database) -> None:
+    def __init__(
+        self, db: pw.Database, runner: Runner | None = None, *, listen_url: str | None = None
+    ) -> None:
         self.db = db
-        self.thread = DatabaseThread(db)
+        self._listen_url = listen_url
+        self._listener: NewWorkListener | None = None
+        self.runner: Runner = runner or DatabaseThread(db)
         self.schema: Schema = bind_schema(db)
+        self.postgres = isinstance(db, pw.PostgresqlDatabase)
+        skip_locked = "FOR UPDATE SKIP LOCKED" if self.postgres else ""
+        self._claim_sql = _CLAIM_SQL.format(skip_locked=f" {skip_locked}" if skip_locked else "")
+        self._promote_sql = _PROMOTE_SQL.format(skip_locked=skip_locked)
         self._last_slot_prune = 0.0
+        self._reporters: dict[str, bool] = {}  # name -> also wants deferrals
 
     # ------------------------------------------------------------------ plumbing
 
     def _write(self) -> AbstractContextManager[Any]:
-        """A write transaction, taking SQLite's write lock at BEGIN."""
-        return self.db.atomic("IMMEDIATE")
+        """A write transaction; on SQLite it takes the write lock at BEGIN."""
+        return self.db.atomic() if self.postgres else self.db.atomic("IMMEDIATE")
 
     def _sql(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        if self.postgres:  # our SQL marks parameters with "?"; peewee's PostgreSQL uses %s
+            sql = sql.replace("?", "%s")
         rows: list[tuple[Any, ...]] = self.db.execute_sql(sql, params).fetchall()
         return rows
 
@@ -118,15 +159,25 @@ class SqlStore:
 
     @on_db_thread
     def open(self) -> None:
-        self.db.connect(reuse_if_open=True)
+        if not self.postgres:
+            self.db.connect(reuse_if_open=True)
         with self._write():
+            if self.postgres:  # processes starting together create the schema one at a time
+                self._sql("SELECT pg_advisory_xact_lock(?)", [SCHEMA_LOCK_ID])
             self.db.create_tables(self.schema.models, safe=True)
             version = self.schema.Version
             if not version.select().exists():
                 version.insert(version=SCHEMA_VERSION).execute()
 
+    async def watch(self, wake: Callable[[], None]) -> None:
+        if self._listen_url is not None:
+            self._listener = NewWorkListener(self._listen_url, NEW_WORK_CHANNEL, wake)
+            self._listener.start()
+
     async def close(self) -> None:
-        await self.thread.close()
+        if self._listener is not None:
+            await self._listener.close()
+        await self.runner.close()
 
     @on_db_thread
     def ping(self) -> None:
@@ -175,6 +226,8 @@ class SqlStore:
                 queued.update(rows)
             self._write_payloads([(queued[m.id], m) for m in fresh if m.id in queued])
             self._insert_events(e for e in events if e.message_id in queued)
+            if queued:
+                self._notify_new_work()
             refused = [i for i in ids if i not in queued]
             states = (
                 dict(
@@ -208,9 +261,9 @@ class SqlStore:
     ) -> list[Claim]:
         lease_until = now + lease_seconds
         with self._write():
-            self._sql(_PROMOTE_SQL, (now, now))
+            self._sql(self._promote_sql, (now, now))
             rows = self._sql(
-                _CLAIM_SQL,
+                self._claim_sql,
                 (max_priority, limit * 4, default_batch_size, worker, lease_until, now, limit),
             )
             payloads = self._payloads([row[0] for row in rows])
@@ -258,8 +311,9 @@ class SqlStore:
                         now if o.state == State.SENT else None,
                         now if o.state == State.ERROR else None,
                     ]
-                sql = _RECORD_SQL.format(rows=_value_rows(len(chunk), 7))
-                applied.update(row[0] for row in self._sql(sql, [*params, now, worker]))
+                sql = _RECORD_SQL.format(rows=_typed_rows(len(chunk), _OUTCOME_TYPES))
+                params += [now, self._reported_mark(now), worker]
+                applied.update(row[0] for row in self._sql(sql, params))
             self._insert_events(
                 o.event for o in outcomes if o.event is not None and o.message_id in applied
             )
@@ -273,6 +327,11 @@ class SqlStore:
         )
         times = [t for t in rows[0] if t is not None]
         return min(times) if times else None
+
+    def _notify_new_work(self) -> None:
+        """PostgreSQL: wake idle dispatchers of every process (delivered at commit)."""
+        if self.postgres:
+            self._sql("SELECT pg_notify(?, '')", [NEW_WORK_CHANNEL])
 
     def _write_payloads(self, messages: Sequence[tuple[int, Message]]) -> None:
         for chunk in _chunks(messages):
@@ -289,6 +348,7 @@ class SqlStore:
         return found
 
     def _insert_events(self, events: Iterable[Event]) -> None:
+        """Write events; reportable ones also wait in the report queue of each reporter."""
         for chunk in _chunks(list(events)):
             params: list[Any] = []
             for e in chunk:
@@ -301,9 +361,73 @@ class SqlStore:
                     e.detail,
                     _dumps(e.data),
                 ]
-            self._sql(
-                f"INSERT INTO message_events {_EVENT_COLUMNS} VALUES {_value_rows(len(chunk), 7)}",
+            inserted = self._sql(
+                f"INSERT INTO message_events {_EVENT_COLUMNS} VALUES {_value_rows(len(chunk), 7)} "
+                "RETURNING pk, kind, message_id",
                 params,
+            )
+            self._queue_reports(inserted)
+
+    def _queue_reports(self, events: Sequence[tuple[Any, ...]]) -> None:
+        rows = [
+            (name, pk, message_id)
+            for pk, kind, message_id in events
+            for name, wants_deferred in self._reporters.items()
+            if kind in FINAL_KINDS or (kind == "deferred" and wants_deferred)
+        ]
+        for chunk in _chunks(rows):
+            self._sql(
+                "INSERT INTO report_queue (reporter, event_pk, message_id) VALUES "
+                + _value_rows(len(chunk), 3),
+                [v for row in chunk for v in row],
+            )
+
+    def _reported_mark(self, now: float) -> float | None:
+        """``reported_ts`` of a message as it ends: none until reporters acknowledge it."""
+        return None if self._reporters else now
+
+    # ------------------------------------------------------------------ reports
+
+    @on_db_thread
+    def set_reporters(self, reporters: Mapping[str, bool]) -> int:
+        self._reporters = dict(reporters)
+        names = list(reporters)
+        keep = f"WHERE reporter NOT IN ({_marks(names)})" if names else ""
+        with self._write():
+            dropped = self._sql(f"DELETE FROM report_queue {keep} RETURNING message_id", names)
+            # Their messages may now wait for nobody: they count as reported from now.
+            self._mark_reported({message_id for (message_id,) in dropped}, time.time())
+        return len(dropped)
+
+    @on_db_thread
+    def add_events(self, events: Sequence[Event]) -> None:
+        with self._write():
+            self._insert_events(events)
+
+    @on_db_thread
+    def pending_reports(self, reporter: str, limit: int) -> list[DeliveryReport]:
+        rows = self._sql(_PENDING_REPORTS_SQL, (reporter, limit))
+        return [_report(*row) for row in rows]
+
+    @on_db_thread
+    def acknowledge_reports(self, reporter: str, event_ids: Sequence[int], now: float) -> None:
+        with self._write():
+            for chunk in _chunks(event_ids):
+                done = self._sql(
+                    "DELETE FROM report_queue WHERE reporter = ? "
+                    f"AND event_pk IN ({_marks(chunk)}) RETURNING message_id",
+                    [reporter, *chunk],
+                )
+                self._mark_reported({message_id for (message_id,) in done}, now)
+
+    def _mark_reported(self, message_ids: Iterable[str], now: float) -> None:
+        """Final messages among these that no reporter waits for any more are reported."""
+        for chunk in _chunks(sorted(message_ids)):
+            self._sql(
+                "UPDATE messages SET reported_ts = ? WHERE reported_ts IS NULL "
+                f"AND state IN ('sent', 'error') AND id IN ({_marks(chunk)}) AND NOT EXISTS "
+                "(SELECT 1 FROM report_queue q WHERE q.message_id = messages.id)",
+                [now, *chunk],
             )
 
     # ------------------------------------------------------------------ rate limits
@@ -313,6 +437,8 @@ class SqlStore:
         self, account_id: str, limits: Sequence[tuple[int, int]], wanted: int, now: float
     ) -> tuple[int, list[float]]:
         with self._write():
+            if self.postgres:  # one reservation per account at a time, across processes
+                self._sql("SELECT 1 FROM accounts WHERE id = ? FOR UPDATE", [account_id])
             self._prune_slots(now)
             counts = {}
             for window, _ in limits:
@@ -391,7 +517,7 @@ class SqlStore:
                     error="account deleted",
                     error_ts=now,
                     updated_at=now,
-                    reported_ts=None,
+                    reported_ts=self._reported_mark(now),
                 ).where(msg.id.in_(chunk)).execute()
             events = [
                 Event("error", id_, account_id, now, detail="account deleted") for id_ in waiting
@@ -486,6 +612,7 @@ class SqlStore:
                 chunk,
             )
             self._sql(f"DELETE FROM message_events WHERE message_id IN ({_marks(chunk)})", chunk)
+            self._sql(f"DELETE FROM report_queue WHERE message_id IN ({_marks(chunk)})", chunk)
             self._sql(f"DELETE FROM messages WHERE id IN ({_marks(chunk)})", chunk)
 
     @on_db_thread
@@ -526,6 +653,13 @@ def _chunks(items: Sequence[Any], size: int = ROWS_PER_STATEMENT) -> Iterable[li
 
 def _marks(items: Sequence[Any]) -> str:
     return ", ".join("?" * len(items))
+
+
+def _typed_rows(rows: int, types: Sequence[str]) -> str:
+    """``VALUES`` rows whose first row names the column types: PostgreSQL cannot infer the
+    type of a parameter in a ``VALUES`` list (it would take NULLs and numbers for text)."""
+    first = "(" + ", ".join(f"CAST(? AS {t})" for t in types) + ")"
+    return ", ".join([first, *[_value_rows(1, len(types))] * (rows - 1)])
 
 
 def _value_rows(rows: int, columns: int) -> str:
@@ -581,6 +715,33 @@ def _record(row: dict[str, Any]) -> MessageRecord:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         attempts=row["attempts"],
+    )
+
+
+def _report(
+    event_id: int,
+    message_id: str,
+    account_id: str | None,
+    priority: int | None,
+    kind: str,
+    ts: float,
+    code: int | None,
+    detail: str,
+    data: str,
+) -> DeliveryReport:
+    extra = json.loads(data)
+    refused = extra.get("refused") or {}
+    return DeliveryReport(
+        event_id=event_id,
+        id=message_id,
+        account_id=account_id,
+        priority=priority,
+        status=kind,
+        ts=ts,
+        error=None if kind == "sent" else detail,
+        error_code=None if kind == "sent" else code,
+        deferred_ts=extra.get("retry_at"),
+        refused=[{"recipient": to, "error": why} for to, why in refused.items()],
     )
 
 

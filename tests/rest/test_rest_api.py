@@ -537,7 +537,7 @@ async def test_tokens_and_bodies_are_not_logged(
         )
         await suspended.post("/commands/add-messages", content=b"{broken very-private")
     # ours and the web stack's at any level; the database drivers' SQL traces only above DEBUG
-    web = ("gmp", "quart", "hypercorn")
+    web = ("gmp", "quart", "hypercorn", "httpx", "httpcore")
     logged = "\n".join(
         r.getMessage()
         for r in caplog.records
