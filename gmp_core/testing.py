@@ -22,13 +22,14 @@ import asyncio
 import email
 import email.message
 import email.policy
+import inspect
 import json
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import pluggy
 import pytest
@@ -248,8 +249,9 @@ class ReportReceiver:
     """A small HTTP/1.1 server on 127.0.0.1 that records every request and answers it.
 
     It answers ``reply`` (default ``(200, {"ok": True})``) or, when ``respond`` is set, what
-    that function returns for the request. Change either while it runs to simulate a client
-    that refuses, fails or answers an HTML page.
+    that function returns (or awaits) for the request. Change either while it runs to simulate
+    a client that refuses, fails, stalls or answers an HTML page. ``stop()`` then ``start()``
+    again takes it down and up on the same port.
     """
 
     def __init__(self) -> None:
@@ -257,9 +259,9 @@ class ReportReceiver:
         self.port = 0
         self.requests: list[ReceivedRequest] = []
         self.reply: Reply = (200, {"ok": True})
-        self.respond: Callable[[ReceivedRequest], Reply] | None = None
+        self.respond: Callable[[ReceivedRequest], Reply | Awaitable[Reply]] | None = None
         self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._connections: set[asyncio.Task[Any]] = set()
         self._changed = asyncio.Condition()
 
     @property
@@ -272,36 +274,45 @@ class ReportReceiver:
         return self
 
     async def stop(self) -> None:
+        """Stop listening and drop every connection, answered or not."""
         if self._server is not None:
             self._server.close()
-            for writer in list(self._writers):
-                writer.close()
+            for connection in list(self._connections):
+                connection.cancel()
+            await asyncio.gather(*self._connections, return_exceptions=True)
             await self._server.wait_closed()
             self._server = None
 
     async def wait_for(self, count: int, timeout: float = 15.0) -> list[ReceivedRequest]:
         """Wait until at least ``count`` requests arrived; return them all."""
-        async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(lambda: len(self.requests) >= count)
+        await self.wait(lambda receiver: len(receiver.requests) >= count, timeout)
         return self.requests
+
+    async def wait(self, check: Callable[[Self], bool], timeout: float = 15.0) -> None:
+        """Wait until ``check(receiver)`` holds; it is re-checked at every request."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: check(self))
 
     def json_bodies(self) -> list[Any]:
         return [request.json() for request in self.requests]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
+        connection = asyncio.current_task()
+        assert connection is not None
+        self._connections.add(connection)
         try:
             while (request := await _read_request(reader)) is not None:
                 async with self._changed:
                     self.requests.append(request)
                     self._changed.notify_all()
-                status, body = self.respond(request) if self.respond else self.reply
+                answer = self.respond(request) if self.respond else self.reply
+                status, body = await answer if inspect.isawaitable(answer) else answer
                 writer.write(_http_response(status, body))
                 await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass  # the client went away
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the client went away, or we were stopped
         finally:
-            self._writers.discard(writer)
+            self._connections.discard(connection)
             writer.close()
 
 
@@ -373,7 +384,8 @@ class EventLog:
 
 
 def fast_tables(db_dir: Path) -> dict[str, Any]:
-    """A configuration for tests: SQLite in ``db_dir``, short waits and retries, no HTTP API."""
+    """A configuration for tests: SQLite in ``db_dir``, short waits and retries (of sends and of
+    reports), no HTTP API."""
     return {
         "plugins": {"disable": ["rest"]},
         "sql": {"url": str(db_dir / "gmp.db")},
@@ -384,6 +396,13 @@ def fast_tables(db_dir: Path) -> dict[str, Any]:
             "shutdown_timeout": 5,
         },
         "smtp": {"connect_timeout": 2, "command_timeout": 5},
+        # Reports go at once, failed ones are retried within milliseconds, no heartbeats.
+        "reporting": {
+            "interval": 0,
+            "retry_initial": 0.02,
+            "retry_max": 0.05,
+            "heartbeat_seconds": 0,
+        },
     }
 
 

@@ -1,13 +1,10 @@
-"""The webhook reporter, installed with pip and loaded through its entry point.
-
-The core's reporter loop hands reporters their batches; these tests hand them directly.
-"""
+"""The webhook reporter, installed with pip and loaded through its entry point: with the
+core's reporter loop, and on its own (batches handed over directly)."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -15,7 +12,14 @@ from click.testing import CliRunner
 
 from gmp_core import DeliveryReport, Reporter, Service
 from gmp_core.cli import cli
-from gmp_core.testing import ReportReceiver, ServiceStarter
+from gmp_core.testing import (
+    ReportReceiver,
+    ServiceStarter,
+    SmtpSink,
+    account,
+    message,
+    wait_until,
+)
 
 
 def sent_report(message_id: str) -> DeliveryReport:
@@ -27,13 +31,12 @@ def sent_report(message_id: str) -> DeliveryReport:
 @pytest.fixture
 async def webhook(
     make_gmp_service: ServiceStarter, gmp_report_receiver: ReportReceiver
-) -> AsyncIterator[Reporter]:
+) -> Reporter:
+    """The webhook of a running service (which closes it when it stops)."""
     service = await make_gmp_service(
         webhook={"url": gmp_report_receiver.url + "reports", "token": "s3cret"}
     )
-    reporter = service.reporters["webhook"]
-    yield reporter
-    await reporter.close()
+    return service.reporters["webhook"]
 
 
 async def test_posts_each_batch_with_its_token(
@@ -83,9 +86,7 @@ async def test_deferrals_on_request(
     service = await make_gmp_service(
         webhook={"url": gmp_report_receiver.url, "report_deferred": True}
     )
-    reporter = service.reporters["webhook"]
-    assert reporter.report_deferred
-    await reporter.close()
+    assert service.reporters["webhook"].report_deferred
 
 
 def test_listed_as_an_installed_plugin() -> None:
@@ -94,3 +95,27 @@ def test_listed_as_an_installed_plugin() -> None:
     [webhook] = [p for p in json.loads(result.output) if p["name"] == "webhook"]
     assert (webhook["source"], webhook["version"]) == ("installed", "0.1.0")
     assert webhook["hooks"] == ["gmp_register_reporters", "gmp_register_settings"]
+
+
+async def test_reports_what_the_service_delivered(
+    make_gmp_service: ServiceStarter,
+    gmp_smtp_sink: SmtpSink,
+    gmp_report_receiver: ReportReceiver,
+) -> None:
+    """End to end: the core's reporter loop hands the webhook each outcome."""
+    service = await make_gmp_service(webhook={"url": gmp_report_receiver.url})
+    await service.put_account(account(gmp_smtp_sink))
+    gmp_smtp_sink.rcpt_replies["nobody@example.com"] = "550 5.1.1 User unknown"
+    await service.add_messages([message("m1"), message("m2", to=["nobody@example.com"])])
+
+    def reported(receiver: ReportReceiver) -> dict[str, str]:
+        return {r["id"]: r["status"] for body in receiver.json_bodies() for r in body["reports"]}
+
+    await gmp_report_receiver.wait(lambda receiver: len(reported(receiver)) == 2)
+    assert reported(gmp_report_receiver) == {"m1": "sent", "m2": "error"}
+    await wait_until(lambda: acknowledged(service, "m1", "m2"))
+
+
+async def acknowledged(service: Service, *ids: str) -> bool:
+    records = [(await service.get_message(id))[0] for id in ids]
+    return all(record.reported_ts is not None for record in records)
