@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -37,7 +36,7 @@ from gmp_core import (
 from gmp_core.cli import cli
 from gmp_core.plugins import make_plugin_manager
 from gmp_core.testing import SmtpSink
-from tests.support import EventLog, ServiceFactory, account, message, status_of
+from tests.support import EventLog, ServiceFactory, account, message, status_of, wait_until
 
 # ---------------------------------------------------------------------------- settings
 
@@ -244,7 +243,9 @@ class JsonLinesReporter:
         pass
 
 
-async def test_hook_gmp_register_reporters(make_service: ServiceFactory, tmp_path: Path) -> None:
+async def test_hook_gmp_register_reporters(
+    make_service: ServiceFactory, sink: SmtpSink, tmp_path: Path
+) -> None:
     class JsonLines:
         @hookimpl
         def gmp_register_reporters(
@@ -253,12 +254,18 @@ async def test_hook_gmp_register_reporters(make_service: ServiceFactory, tmp_pat
             register("jsonl", JsonLinesReporter(tmp_path / "reports.jsonl"))
 
     service = await make_service(plugins=[JsonLines()])
-    reporter = service.reporters["jsonl"]
-    # The core's reporter loop drives reporters; here the batch is handed over directly.
-    report = DeliveryReport(1, "m1", "acc", 2, "sent", time.time())
-    assert (await reporter.report([report])).acknowledged
+    await service.put_account(account(sink))
+    await service.add_messages([message("m1")])
+
+    async def acknowledged() -> bool:
+        record, _ = await service.get_message("m1")
+        return record.reported_ts is not None
+
+    await wait_until(acknowledged)
     [line] = (tmp_path / "reports.jsonl").read_text().splitlines()
-    assert json.loads(line) == report.as_item()
+    item = json.loads(line)
+    assert (item["id"], item["status"], item["account_id"]) == ("m1", "sent", "acc")
+    assert item["sent_ts"] is not None and item["error"] is None
 
 
 # ---------------------------------------------------------------------------- authentication
