@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import inspect
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -231,3 +233,17 @@ def test_every_hook_has_a_test() -> None:
         assert any(test.startswith(f"test_hook_{name}") for test in tests), (
             f"{name} has no test: write test_hook_{name}"
         )
+
+
+def test_a_disabled_plugin_is_never_imported() -> None:
+    """Blocked before entry points load: a broken or unwanted plugin runs no code at all."""
+    script = (
+        "import sys\n"
+        "from gmp_core import Config, Service\n"
+        "service = Service(Config({'plugins': {'disable': ['rest']}}, environ={}))\n"
+        "print(sorted(m for m in ('gmp_rest', 'gmp_smtp') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "['gmp_smtp']"
