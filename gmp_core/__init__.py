@@ -40,6 +40,7 @@ from gmp_core.store import (
     DeleteResult,
     EnqueueResult,
     MessageRecord,
+    QueueDepth,
     Store,
 )
 
@@ -65,6 +66,7 @@ __all__ = [
     "Outcome",
     "OutgoingMessage",
     "Principal",
+    "QueueDepth",
     "RateDecision",
     "RateLimitPolicy",
     "ReportReply",

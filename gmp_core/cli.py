@@ -10,7 +10,8 @@ from dataclasses import asdict
 
 import click
 
-from gmp_core.config import Config, ConfigError
+from gmp_core.config import LOG_LEVELS, Config, ConfigError
+from gmp_core.logs import configure_logging
 from gmp_core.plugins import describe_plugins, make_plugin_manager
 from gmp_core.service import Service
 
@@ -32,17 +33,17 @@ def cli() -> None:
 
 @cli.command()
 @config_option
-@click.option("--log-level", default="INFO", envvar="GMP_LOG_LEVEL", show_default=True)
-def serve(config_path: str | None, log_level: str) -> None:
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    help="overrides [logging] level (GMP_LOG_LEVEL)",
+)
+def serve(config_path: str | None, log_level: str | None) -> None:
     """Run the proxy until SIGTERM or SIGINT, then stop gracefully."""
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # Their DEBUG lines carry SQL parameters: message bodies, passwords.
-    for noisy in ("peewee", "asyncio"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
+    config = _load(config_path)
+    configure_logging(config.logging, level=log_level)
     try:
-        asyncio.run(_serve(_load(config_path)))
+        asyncio.run(_serve(config))
     except ConfigError as exc:
         raise click.ClickException(f"configuration error: {exc}") from None
 

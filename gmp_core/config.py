@@ -18,7 +18,7 @@ import tomllib
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -133,6 +133,30 @@ class ReportingSettings(Settings):
     )
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class LoggingSettings(Settings):
+    """``[logging]``: how ``gmp serve`` logs (standard ``logging``, to stderr)."""
+
+    level: str = setting("INFO", env="GMP_LOG_LEVEL", description="DEBUG, INFO, WARNING or ERROR")
+    format: Literal["text", "json"] = setting(
+        "text", env="GMP_LOG_FORMAT", description="'text' lines, or 'json': one object per line"
+    )
+    delivery_activity: bool = setting(
+        False,
+        env="GMP_LOG_DELIVERY_ACTIVITY",
+        description="log every delivery attempt and report exchange (INFO, logger gmp.activity)",
+    )
+
+    @field_validator("level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
+
 class Config:
     """The parsed file plus the environment; validates each table once it is registered."""
 
@@ -153,6 +177,7 @@ class Config:
         self.reporting = typing.cast(
             ReportingSettings, self.register("reporting", ReportingSettings)
         )
+        self.logging = typing.cast(LoggingSettings, self.register("logging", LoggingSettings))
 
     @classmethod
     def load(

@@ -36,6 +36,7 @@ from gmp_core.models import (
     Account,
     Attachment,
     Event,
+    Message,
     Outcome,
     OutgoingMessage,
     SendResult,
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
     from gmp_core.service import Service
 
 log = logging.getLogger("gmp.dispatcher")
+
+# After a failed store call, the loops wait this long before the next try.
+STORE_RETRY_DELAY = 1.0
 
 # A claim this close to its lease end is not started: another process may take it any
 # moment. (A tenth of the lease, at most two seconds.)
@@ -127,15 +131,24 @@ class Dispatcher:
     # ------------------------------------------------------------------ claiming
 
     async def _claim_loop(self) -> None:
+        outage = Outage("claiming messages")
         while not self._stopping:
             self.heartbeat = time.time()
             try:
                 claimed = await self._claim_once()
-            except Exception:
-                log.exception("claiming failed; trying again shortly")
-                claimed = False
+            except Exception:  # the store is down, say: wait, then try again
+                outage.failed()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._until_stopping(), STORE_RETRY_DELAY)
+                continue
+            outage.recovered()
             if not claimed:
                 await self._idle()
+
+    async def _until_stopping(self) -> None:
+        while not self._stopping:
+            await self._wake.wait()
+            self._wake.clear()
 
     async def _claim_once(self) -> bool:
         """Claim and admit one batch; False when there was nothing to do (or no room)."""
@@ -231,6 +244,7 @@ class Dispatcher:
                     now,
                     code=429,
                     detail="rate_limit_exceeded",
+                    data={"reason": "rate_limit"},
                 )
                 outcome = Outcome(
                     message.id,
@@ -281,6 +295,7 @@ class Dispatcher:
             self._held.pop(claim.message.id, None)
             return None
         outgoing = OutgoingMessage(claim.message, attempt=claim.attempts + 1)
+        started = time.perf_counter()
         try:
             result = await self._attempt(outgoing, account)
         except AttachmentError as exc:
@@ -288,7 +303,10 @@ class Dispatcher:
         except Exception as exc:  # a bug in a plugin or in building: retry, never lose
             log.exception("sending %s failed unexpectedly", claim.message.id)
             result = SendResult.failed(f"internal error: {describe_failure(exc)}", temporary=True)
-        return self.outcome_of(claim, result, time.time())
+        outcome = self.outcome_of(claim, result, time.time())
+        if outcome.event is not None:  # observers (metrics) time the attempts
+            outcome.event.data["duration"] = round(time.perf_counter() - started, 6)
+        return outcome
 
     async def _attempt(self, outgoing: OutgoingMessage, account: Account) -> SendResult:
         service = self.service
@@ -296,7 +314,7 @@ class Dispatcher:
             service.pm.hook.gmp_prepare_message, message=outgoing, account=account, service=service
         )
         if outgoing.data is None:
-            attachments = await self._read_attachments(outgoing.message.attachments, account)
+            attachments = await self._read_attachments(outgoing.message, account)
             outgoing.data = build_mime(outgoing, attachments)
         try:
             return await service.transports[account.transport].send(outgoing, account)
@@ -305,8 +323,9 @@ class Dispatcher:
             raise
 
     async def _read_attachments(
-        self, attachments: Sequence[Attachment], account: Account
+        self, message: Message, account: Account
     ) -> list[tuple[Attachment, bytes]]:
+        attachments = message.attachments
         if not attachments:
             return []
         volumes = self.service.volumes
@@ -318,9 +337,22 @@ class Dispatcher:
                     f"{attachment.volume!r} is not available",
                     temporary=False,
                 )
+        started = time.perf_counter()
         contents = await asyncio.gather(
             *(volumes[a.volume].read(a.subpath, account.id) for a in attachments)
         )
+        fetched = Event(
+            "attachments_fetched",
+            message.id,
+            account.id,
+            time.time(),
+            data={
+                "duration": time.perf_counter() - started,
+                "count": len(contents),
+                "bytes": sum(map(len, contents)),
+            },
+        )
+        await self.service.notify_events([fetched])
         return list(zip(attachments, contents, strict=True))
 
     def outcome_of(self, claim: Claim, result: SendResult, now: float) -> Outcome:
@@ -385,6 +417,7 @@ class Dispatcher:
 
     async def _keep_leases(self) -> None:
         period = self.settings.lease_seconds / 3
+        outage = Outage("renewing leases")
         while not self._stopped.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopped.wait(), period)
@@ -394,8 +427,9 @@ class Dispatcher:
             try:
                 await self.service.store.renew_leases(self.worker, list(self._held), lease_until)
             except Exception:
-                log.exception("renewing leases failed")
+                outage.failed()
                 continue
+            outage.recovered()
             for claim in self._held.values():
                 claim.lease_until = lease_until
 
@@ -449,7 +483,6 @@ class Recorder:
     the process lives nothing is lost, and if it dies the leases bring the messages back.
     """
 
-    RETRY_DELAY = 0.5
     LINGER = 0.01
     BATCH = 128
 
@@ -491,6 +524,7 @@ class Recorder:
 
     async def run(self) -> None:
         service = self.dispatcher.service
+        outage = Outage("recording outcomes")
         while True:
             await self._has_work.wait()
             if self._closing and not self._pending:
@@ -506,14 +540,15 @@ class Recorder:
                 applied = set(
                     await service.store.record(self.dispatcher.worker, batch, time.time())
                 )
-            except Exception:
-                log.exception("recording %d outcomes failed; retrying", len(batch))
+            except Exception:  # kept in memory and written once the store is back
+                outage.failed()
                 self._pending[:0] = batch
                 self._has_work.set()
-                await asyncio.sleep(self.RETRY_DELAY)
+                await asyncio.sleep(STORE_RETRY_DELAY)
                 continue
             finally:
                 self._writing = 0
+            outage.recovered()
             self.heartbeat = time.time()
             self.dispatcher.recorded(batch)
             service.reporting.wake()
@@ -533,3 +568,24 @@ def _pad(times: Sequence[float], count: int, now: float) -> list[float]:
     """Policies should give one retry time per held-back message; be lenient if they don't."""
     fallback = times[-1] if times else now + 60
     return [*times[:count], *[fallback] * (count - len(times))]
+
+
+class Outage:
+    """Logs a failure that repeats on every retry once when it starts (with the traceback)
+    and once when it ends, so a database restart reads as two lines, not a flood."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.since: float | None = None
+
+    def failed(self) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.exception("%s failed; retrying every %.0fs", self.what, STORE_RETRY_DELAY)
+        else:
+            log.debug("%s failed again", self.what, exc_info=True)
+
+    def recovered(self) -> None:
+        if self.since is not None:
+            log.warning("%s works again after %.0fs", self.what, time.monotonic() - self.since)
+            self.since = None

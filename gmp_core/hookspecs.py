@@ -113,5 +113,15 @@ def gmp_shutdown(service: Service) -> Any:
 
 
 @hookspec
+def gmp_register_routes(register: Callable[..., None], service: Service) -> None:
+    """Add GET endpoints to the HTTP API: ``register(path, view, public=False)``.
+
+    ``view`` is ``async () -> (body: bytes | str, status: int, headers: dict[str, str])``, so
+    it does not depend on the web framework. ``public`` endpoints are served without
+    authentication; the others need what every API endpoint needs. The bundled REST plugin
+    serves them; the metrics plugin adds ``/metrics`` this way."""
+
+
+@hookspec
 def gmp_register_commands(cli: click.Group) -> None:
     """Add sub-commands to the ``gmp`` command line (a :class:`click.Group`)."""

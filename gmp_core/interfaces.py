@@ -15,7 +15,10 @@ from gmp_core.models import Account, OutgoingMessage, SendResult
 
 @runtime_checkable
 class Transport(Protocol):
-    """Delivers messages for the accounts whose ``transport`` names it."""
+    """Delivers messages for the accounts whose ``transport`` names it.
+
+    A transport that pools connections may also offer ``pool_sizes() -> {account_id: (open,
+    in_use)}``, which the metrics plugin reads on each scrape."""
 
     async def send(self, message: OutgoingMessage, account: Account) -> SendResult:
         """Try once. Return the result; raise only for a bug (the core then retries)."""

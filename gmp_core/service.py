@@ -4,6 +4,7 @@ exposes (the REST plugin is a thin HTTP layer over the public methods of :class:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -196,6 +197,18 @@ class Service:
             dead += self._reporting.dead_tasks
         return [f"background task {name} has stopped" for name in dead]
 
+    async def readiness_problems(self, timeout: float) -> list[str]:
+        """Empty when the service can take work: its loops live and its store answers
+        within ``timeout`` seconds. (The error's text is not given: it may name a host.)"""
+        problems = self.health_problems()
+        if self._store is not None:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._store.ping()
+            except Exception as exc:
+                problems.append(f"store unreachable ({type(exc).__name__})")
+        return problems
+
     async def status(self) -> dict[str, Any]:
         dispatcher = self.dispatcher
         return {
@@ -238,6 +251,7 @@ class Service:
             raise InvalidInput(str(exc).replace("priority", "default_priority", 1)) from None
         priority = settings.default_priority if batch_priority is None else batch_priority
 
+        started = time.perf_counter()
         rejected: list[Rejection] = []
         parsed: dict[str, Message] = {}  # by id: a later copy in the batch replaces an earlier
         for item in items:
@@ -273,6 +287,14 @@ class Service:
             urgent = any(m.priority == IMMEDIATE for m in valid if m.id not in result.refused)
             self.dispatcher.wake(urgent=urgent)
         queued = set(result.queued)
+        enqueued = Event(
+            "enqueued",
+            "",
+            None,
+            now,
+            data={"count": len(queued), "duration": time.perf_counter() - started},
+        )
+        await self.notify_events([enqueued])
         await self.notify_events(e for e in events if e.message_id in queued)
         rejections = [Event("rejected", r.id or "", None, now, detail=r.reason) for r in rejected]
         if any(r.id for r in rejected):  # history of the ids the client used

@@ -71,6 +71,15 @@ class DeleteResult:
     in_flight: list[str] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class QueueDepth:
+    """Unsent messages, for monitoring: how many per (state, priority), and since when the
+    longest-waiting due message has been due (None: nothing is due)."""
+
+    counts: dict[tuple[str, int], int] = field(default_factory=dict)
+    oldest_due: float | None = None
+
+
 @runtime_checkable
 class Store(Protocol):
     # lifecycle ---------------------------------------------------------------------------
@@ -192,6 +201,12 @@ class Store(Protocol):
     ) -> None:
         """``reporter`` acknowledged these reports. A final message that no reporter still
         waits for gets ``reported_ts = now`` (retention counts from then)."""
+        ...
+
+    async def queue_depth(self, now: float) -> QueueDepth:
+        """Unsent messages (queued, scheduled, sending) per state and priority, and when the
+        oldest due one became due (its ``deferred_ts``, else its arrival). Called on each
+        metrics scrape, so it must read the indexes of unsent states, never the whole table."""
         ...
 
     async def get_flag(self, name: str) -> str | None: ...

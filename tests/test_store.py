@@ -335,3 +335,19 @@ async def test_the_due_work_queries_read_an_index(store: Store) -> None:
         assert "SEARCH messages USING INDEX ix_messages_queued" in queued
         assert "SEARCH report_queue USING" in reports and "TEMP B-TREE" not in reports
         assert "SEARCH messages USING INDEX ix_messages_scheduled" in scheduled
+
+
+async def test_queue_depth_counts_unsent_messages_by_state_and_priority(store: Store) -> None:
+    now = time.time()
+    await enqueue(store, msg("later", deferred_ts=now + 100), now=now)
+    assert (await store.queue_depth(now)).oldest_due is None  # scheduled, not due yet
+    assert (await store.queue_depth(now + 101)).oldest_due == pytest.approx(now + 100)
+
+    await enqueue(store, msg("urgent", priority=0), msg("low", priority=3), msg("done"), now=now)
+    assert await claim(store, limit=1, max_priority=0, now=now) == ["urgent"]
+    assert await claim(store, limit=1, max_priority=2, now=now) == ["done"]
+    assert await store.record("w1", [sent("done", now)], now) == ["done"]
+
+    depth = await store.queue_depth(now + 1)
+    assert depth.counts == {("sending", 0): 1, ("queued", 3): 1, ("scheduled", 2): 1}
+    assert depth.oldest_due == pytest.approx(now)  # "low" has been due since it arrived

@@ -109,7 +109,7 @@ async def test_registered_plugins_join_services_started_later(
     service = await make_gmp_service()
     await service.add_messages([message("bad", to="not an address")])
     await gmp_events.wait("rejected")
-    assert isinstance(seen, Seen) and seen.kinds == ["rejected"]
+    assert isinstance(seen, Seen) and seen.kinds.count("rejected") == 1
 
 
 def test_a_plugin_authors_project_gets_the_fixtures(tmp_path: Path) -> None:

@@ -25,7 +25,6 @@ class RestSettings(Settings):
         8000, env="GMP_PORT", ge=0, le=65535, description="TCP port (0: any free port)"
     )
     max_body_bytes: int = setting(10 * MiB, ge=1, description="larger request bodies get 413")
-    metrics_auth: bool = setting(False, description="require the API token for /metrics")
     keep_alive_timeout: float = setting(
         5.0, gt=0, description="idle keep-alive connections close after this"
     )
@@ -33,6 +32,9 @@ class RestSettings(Settings):
         5.0, ge=0, description="at shutdown, how long requests in progress may take (seconds)"
     )
     access_log: bool = setting(False, description="log every request (logger gmp.rest.access)")
+    ready_timeout: float = setting(
+        2.0, gt=0, description="GET /ready fails when the store takes longer to answer (seconds)"
+    )
 
 
 @hookimpl

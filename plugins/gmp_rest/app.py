@@ -23,6 +23,7 @@ from quart_schema import (
     document_querystring,
     document_request,
     document_response,
+    hide,
     security_scheme,
 )
 from quart_schema.validation import QuerystringValidationError
@@ -46,7 +47,7 @@ log = logging.getLogger("gmp.rest")
 M = TypeVar("M", bound=BaseModel)
 
 API_KEY_HEADER = "X-API-Token"
-OPEN_ENDPOINTS = frozenset({"health", "openapi"})
+OPEN_ENDPOINTS = frozenset({"health", "ready", "openapi"})
 UNAUTHORIZED = "Invalid or missing API token"
 HTTP_ERRORS = {404: "not found", 405: "method not allowed"}
 
@@ -77,7 +78,29 @@ def create_app(service: Service) -> Quart:
     app.register_error_handler(Exception, internal_error)
     for rule, view, methods in ROUTES:
         app.add_url_rule(rule, view.__name__, view, methods=methods)
+    app.extensions["gmp_open_endpoints"] = set(OPEN_ENDPOINTS)
+    add_plugin_routes(app, service)
     return app
+
+
+PluginView = Callable[[], Awaitable[tuple[bytes | str, int, dict[str, str]]]]
+
+
+def add_plugin_routes(app: Quart, service: Service) -> None:
+    """GET endpoints that plugins add through ``gmp_register_routes`` (``/metrics``)."""
+    open_endpoints: set[str] = app.extensions["gmp_open_endpoints"]
+
+    def register(path: str, view: PluginView, public: bool = False) -> None:
+        async def serve() -> ResponseReturnValue:
+            body, status, headers = await view()
+            return body, status, headers
+
+        endpoint = f"plugin:{path}"
+        app.add_url_rule(path, endpoint, hide(serve), methods=["GET"])
+        if public:
+            open_endpoints.add(endpoint)
+
+    service.pm.hook.gmp_register_routes(register=register, service=service)
 
 
 # ---------------------------------------------------------------- plumbing
@@ -94,7 +117,7 @@ def failure(status: int, error: str) -> tuple[dict[str, Any], int]:
 
 async def authenticate() -> ResponseReturnValue | None:
     """``before_request``: refuse unauthenticated calls and oversized bodies early."""
-    if request.endpoint in OPEN_ENDPOINTS:
+    if request.endpoint in current_app.extensions["gmp_open_endpoints"]:
         return None
     # werkzeug's Headers: a case-insensitive mapping, as auth plugins expect
     principal = _service().authenticate(cast(Mapping[str, str], request.headers))
@@ -280,6 +303,18 @@ async def health() -> ResponseReturnValue:
     return {"ok": True}
 
 
+@security_scheme([])
+@document_response(s.Ok)
+@document_response(s.Failure, 503)
+async def ready() -> ResponseReturnValue:
+    """Readiness: 503 while a background loop is dead or the store does not answer."""
+    service = _service()
+    problems = await service.readiness_problems(service.config.section("rest").ready_timeout)
+    if problems:
+        return failure(503, "; ".join(problems))
+    return {"ok": True}
+
+
 @document_response(s.StatusAnswer)
 async def status() -> ResponseReturnValue:
     """Whether sending is active, queue counts by state, loop heartbeats."""
@@ -402,6 +437,7 @@ View = Callable[..., Awaitable[ResponseReturnValue]]
 
 ROUTES: list[tuple[str, View, list[str]]] = [
     ("/health", health, ["GET"]),
+    ("/ready", ready, ["GET"]),
     ("/status", status, ["GET"]),
     ("/commands/add-messages", add_messages, ["POST"]),
     ("/commands/run-now", run_now, ["POST"]),

@@ -34,6 +34,7 @@ from gmp_core import (
     Message,
     MessageRecord,
     Outcome,
+    QueueDepth,
     State,
     TlsMode,
 )
@@ -621,6 +622,24 @@ class SqlStore:
         counts = dict.fromkeys(State, 0)
         counts.update(rows)
         return {str(state): count for state, count in counts.items()}
+
+    @on_db_thread
+    def queue_depth(self, now: float) -> QueueDepth:
+        # One statement per state, the state written out: SQLite uses a partial index only
+        # when the query's WHERE names the same constant as the index's.
+        depth = QueueDepth()
+        due_since = []
+        for state in UNSENT:
+            rows = self._sql(
+                "SELECT priority, COUNT(*), MIN(COALESCE(deferred_ts, created_at)) "
+                f"FROM messages WHERE state = '{state}' GROUP BY priority"
+            )
+            for priority, count, earliest in rows:
+                depth.counts[(str(state), priority)] = count
+                if state == State.QUEUED or (state == State.SCHEDULED and earliest <= now):
+                    due_since.append(earliest)
+        depth.oldest_due = min(due_since, default=None)
+        return depth
 
     @on_db_thread
     def get_flag(self, name: str) -> str | None:

@@ -73,7 +73,7 @@ def test_settings_defaults_and_legacy_environment() -> None:
         8000,
         10 * 1024 * 1024,
     )
-    assert defaults.metrics_auth is False
+    assert defaults.ready_timeout == 2.0
     legacy = Config({}, environ={"GMP_HOST": "::1", "GMP_PORT": "9000"}).register(
         "rest", RestSettings
     )

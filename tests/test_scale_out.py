@@ -1,0 +1,156 @@
+"""Several `gmp serve` processes on one PostgreSQL database: one queue, one set of limits.
+
+Real processes, the real PostgreSQL of 127.0.0.1 (a schema of this test's own), one aiosmtpd
+sink in this process counting what arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gmp_core.testing import SmtpSink
+from tests.processes import TOKEN, ServeProcess, post
+from tests.support import message
+
+
+def write_config(tmp_path: Path, database_url: str, lease_seconds: float = 2) -> Path:
+    path = tmp_path / "plugins.toml"
+    path.write_text(
+        f'[sql]\nurl = "{database_url}"\npool_size = 4\n'
+        "[rest]\nport = 0\n"
+        f'[token_auth]\napi_token = "{TOKEN}"\n'
+        f"[service]\nsend_loop_interval = 0.2\nlease_seconds = {lease_seconds}\n"
+        "retry_delays = [0.2]\nshutdown_timeout = 10\nbatch_size_per_account = 200\n"
+    )
+    return path
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, postgres_url: str) -> AsyncIterator[list[ServeProcess]]:
+    """Three processes on one database (``write_config`` may be called again first)."""
+    config = write_config(tmp_path, postgres_url)
+    started = [await ServeProcess(config).start() for _ in range(3)]
+    yield started
+    for process in started:
+        await process.stop(signal.SIGKILL)
+
+
+async def add_account(proxy: ServeProcess, sink: SmtpSink, **fields: object) -> None:
+    async with proxy.client() as client:
+        account = {"id": "acc", "host": sink.host, "port": sink.port, "tls": "none"}
+        await post(client, "/account", {**account, "max_connections": 4, **fields})
+
+
+async def enqueue_across(cluster: list[ServeProcess], count: int, batch: int = 1000) -> None:
+    """Queue ``count`` messages, each batch through the next process in turn."""
+    for n, first in enumerate(range(0, count, batch)):
+        messages = [message(f"m{i}") for i in range(first, min(count, first + batch))]
+        async with cluster[n % len(cluster)].client() as client:
+            answer = await post(client, "/commands/add-messages", {"messages": messages})
+        assert answer["queued"] == len(messages)
+
+
+async def queue_counts(proxy: ServeProcess) -> dict[str, int]:
+    async with proxy.client() as client:
+        counts: dict[str, int] = (await client.get("/status")).json()["queue"]
+    return counts
+
+
+async def wait_all_sent(proxy: ServeProcess, count: int, timeout: float = 120) -> None:
+    async with asyncio.timeout(timeout):
+        while (await queue_counts(proxy))["sent"] < count:
+            await asyncio.sleep(0.2)
+
+
+def delivered_ids(sink: SmtpSink) -> tuple[set[str], int]:
+    """The distinct ids the sink received, and how many arrived more than once."""
+    by_id = sink.by_id()
+    return set(by_id), sum(len(copies) - 1 for copies in by_id.values())
+
+
+async def test_three_processes_send_ten_thousand_messages_once_each(
+    cluster: list[ServeProcess], sink: SmtpSink
+) -> None:
+    await add_account(cluster[0], sink)
+    await enqueue_across(cluster, 10_000)
+    await wait_all_sent(cluster[1], 10_000)
+    ids, duplicates = delivered_ids(sink)
+    assert ids == {f"m{i}" for i in range(10_000)}
+    assert duplicates == 0
+    assert len(sink.mails) == 10_000
+
+
+async def test_rate_limits_hold_across_processes(
+    cluster: list[ServeProcess], sink: SmtpSink
+) -> None:
+    await add_account(cluster[0], sink, limit_per_minute=120)
+    await enqueue_across(cluster, 300, batch=50)
+
+    async def settled() -> bool:  # nothing due: what could go this minute went
+        counts = await queue_counts(cluster[2])
+        return counts["queued"] == 0 and counts["sending"] == 0 and counts["sent"] > 0
+
+    async with asyncio.timeout(60):
+        while not await settled():
+            await asyncio.sleep(0.2)
+    counts = await queue_counts(cluster[2])
+    assert (counts["sent"], counts["scheduled"]) == (120, 180)
+    assert len(sink.mails) == 120  # three processes together, never more than the limit
+
+
+async def test_a_killed_process_leaves_nothing_behind(
+    cluster: list[ServeProcess], sink: SmtpSink
+) -> None:
+    sink.hold = asyncio.Event()  # every send waits in DATA: what is in flight is known
+    await add_account(cluster[0], sink)
+    await enqueue_across(cluster, 3000)
+    await sink.wait_held(12)  # three processes, four connections each
+    await cluster[1].stop(signal.SIGKILL)  # its claims come back when their leases end
+    sink.hold.set()
+    await wait_all_sent(cluster[0], 3000)
+    ids, duplicates = delivered_ids(sink)
+    assert ids == {f"m{i}" for i in range(3000)}
+    # Only the four sends the dead process had in DATA can arrive twice (the server may
+    # still take them after the client is gone).
+    print(f"duplicates after SIGKILL: {duplicates}")
+    assert duplicates <= 4
+
+
+async def test_a_postgresql_restart_loses_nothing(
+    tmp_path: Path, postgres_url: str, sink: SmtpSink
+) -> None:
+    cluster_name = restartable_cluster()
+    config = write_config(tmp_path, postgres_url, lease_seconds=30)
+    proxies = [await ServeProcess(config).start() for _ in range(2)]
+    try:
+        await add_account(proxies[0], sink)
+        await enqueue_across(proxies, 2000)
+        await sink.wait_for(300, timeout=60)
+        restart = ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster_name, "restart"]
+        await asyncio.to_thread(subprocess.run, [*restart, "-m", "fast"], check=True)
+        await wait_all_sent(proxies[1], 2000, timeout=180)
+        ids, duplicates = delivered_ids(sink)
+        assert ids == {f"m{i}" for i in range(2000)}
+        print(f"duplicates after the restart: {duplicates}")
+        assert duplicates <= 8  # sends in flight while outcomes could not be written
+        await proxies[0].wait_for_log(b"PostgreSQL is reachable again")
+        assert any(b"PostgreSQL is unreachable" in line for line in proxies[0].log)
+        async with proxies[0].client() as client:
+            assert (await client.get("/health")).status_code == 200
+    finally:
+        for proxy in proxies:
+            await proxy.stop(signal.SIGKILL)
+
+
+def restartable_cluster() -> list[str]:
+    """The local cluster, as pg_ctlcluster names it (version, name)."""
+    versions = sorted(p.name for p in Path("/etc/postgresql").glob("*"))
+    assert shutil.which("pg_ctlcluster") and versions, "this test restarts the local PostgreSQL"
+    return [versions[-1], "main"]
