@@ -72,11 +72,14 @@ def raw_bytes() -> bytes:
 
 
 @contextlib.contextmanager
-def smtp_sink(kind: str) -> Iterator[int]:
+def smtp_sink(kind: str, delay: float = 0.0) -> Iterator[int]:
+    """A sink process; ``delay`` (aiosmtpd only): seconds each mail takes to be accepted."""
     port = free_port()
     if kind == "aiosmtpd":
         proc = subprocess.Popen(
-            [sys.executable, str(HERE / "sink.py"), str(port)], stdout=subprocess.PIPE, text=True
+            [sys.executable, str(HERE / "sink.py"), str(port), str(delay)],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     else:
@@ -104,14 +107,14 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
 
 
 class Proxy:
-    """A ``gmp serve`` process on a fresh SQLite database."""
+    """A ``gmp serve`` process on a fresh SQLite database, or on ``database_url``."""
 
-    def __init__(self, workdir: Path, connections: int) -> None:
+    def __init__(self, workdir: Path, connections: int, database_url: str | None = None) -> None:
         self.port = free_port()
         self.workdir = workdir
-        config = workdir / "plugins.toml"
+        config = workdir / f"plugins-{self.port}.toml"
         config.write_text(
-            f'[sql]\nurl = "{workdir / "gmp.db"}"\n'
+            f'[sql]\nurl = "{database_url or workdir / "gmp.db"}"\n'
             f"[rest]\nport = {self.port}\n"
             f'[token_auth]\napi_token = "{TOKEN}"\n'
             f"[service]\nmax_concurrent_sends = {max(32, connections)}\n"

@@ -42,6 +42,7 @@ from gmp_core.store import (
     MessageRecord,
     QueueDepth,
     Store,
+    VolumeRecord,
 )
 
 hookimpl = pluggy.HookimplMarker("gmp")
@@ -79,6 +80,7 @@ __all__ = [
     "TlsMode",
     "Transport",
     "VolumeBackend",
+    "VolumeRecord",
     "hookimpl",
     "setting",
 ]

@@ -88,6 +88,9 @@ class ServiceSettings(Settings):
     message_id_domain: str | None = setting(
         None, description="domain of generated Message-IDs (default: the sender's)"
     )
+    max_message_attachment_bytes: int = setting(
+        40 * 1024 * 1024, description="most attachment bytes in one message", ge=1
+    )
 
     @field_validator("default_priority")
     @classmethod

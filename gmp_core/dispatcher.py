@@ -29,7 +29,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from gmp_core.interfaces import AttachmentError, RateDecision
+from gmp_core.interfaces import AttachmentError, RateDecision, VolumeBackend
 from gmp_core.mime import build_mime
 from gmp_core.models import (
     IMMEDIATE,
@@ -53,6 +53,9 @@ log = logging.getLogger("gmp.dispatcher")
 # After a failed store call, the loops wait this long before the next try.
 STORE_RETRY_DELAY = 1.0
 
+# How often the claim loop re-reads the suspend/activate flag another process may have set.
+ACTIVE_FLAG_REFRESH = 2.0
+
 # A claim this close to its lease end is not started: another process may take it any
 # moment. (A tenth of the lease, at most two seconds.)
 LEASE_SAFETY_MARGIN = 2.0
@@ -74,6 +77,8 @@ class Dispatcher:
         self._send_slots = asyncio.Semaphore(self.settings.max_concurrent_sends)
         self._wake = asyncio.Event()
         self._urgent = False
+        self._active_checked = time.monotonic()  # the service read the flag at start-up
+        self._active_changes = 0
         self._stopping = False
         self._stopped = asyncio.Event()
         self._recorder = Recorder(self)
@@ -135,6 +140,7 @@ class Dispatcher:
         while not self._stopping:
             self.heartbeat = time.time()
             try:
+                await self._refresh_active()
                 claimed = await self._claim_once()
             except Exception:  # the store is down, say: wait, then try again
                 outage.failed()
@@ -144,6 +150,21 @@ class Dispatcher:
             outage.recovered()
             if not claimed:
                 await self._idle()
+
+    async def _refresh_active(self) -> None:
+        """Processes sharing a store share suspend/activate: re-read the flag now and then."""
+        now = time.monotonic()
+        if now - self._active_checked >= ACTIVE_FLAG_REFRESH:
+            self._active_checked = now
+            seen = self._active_changes
+            active = await self.service.store.get_flag("active") != "false"
+            if seen == self._active_changes:  # not changed here while we read
+                self.service.active = active
+
+    def active_changed(self) -> None:
+        """This process just suspended or resumed sending (and wrote the flag)."""
+        self._active_changes += 1
+        self._active_checked = time.monotonic()
 
     async def _until_stopping(self) -> None:
         while not self._stopping:
@@ -314,8 +335,11 @@ class Dispatcher:
             service.pm.hook.gmp_prepare_message, message=outgoing, account=account, service=service
         )
         if outgoing.data is None:
-            attachments = await self._read_attachments(outgoing.message, account)
-            outgoing.data = build_mime(outgoing, attachments)
+            # No name for the attachments' bytes: they are freed once built in, not held
+            # for the whole SMTP conversation.
+            outgoing.data = build_mime(
+                outgoing, await self._read_attachments(outgoing.message, account)
+            )
         try:
             return await service.transports[account.transport].send(outgoing, account)
         except Exception as exc:
@@ -328,19 +352,10 @@ class Dispatcher:
         attachments = message.attachments
         if not attachments:
             return []
-        volumes = self.service.volumes
-        for attachment in attachments:
-            volume = volumes.get(attachment.volume)
-            if volume is None or not volume.accepts(account.id):
-                raise AttachmentError(
-                    f"attachment {attachment.filename!r}: volume "
-                    f"{attachment.volume!r} is not available",
-                    temporary=False,
-                )
+        for attachment in attachments:  # all available, before reading any
+            self._volume_for(attachment, account)
         started = time.perf_counter()
-        contents = await asyncio.gather(
-            *(volumes[a.volume].read(a.subpath, account.id) for a in attachments)
-        )
+        contents = await self._read_within_limit(attachments, account)
         fetched = Event(
             "attachments_fetched",
             message.id,
@@ -349,11 +364,48 @@ class Dispatcher:
             data={
                 "duration": time.perf_counter() - started,
                 "count": len(contents),
-                "bytes": sum(map(len, contents)),
+                "bytes": sum(len(data) for _, data in contents),
             },
         )
         await self.service.notify_events([fetched])
-        return list(zip(attachments, contents, strict=True))
+        return contents
+
+    def _volume_for(self, attachment: Attachment, account: Account) -> VolumeBackend:
+        volume = self.service.volumes.get(attachment.volume)
+        if volume is None or not volume.accepts(account.id):
+            raise AttachmentError(
+                f"attachment {attachment.filename!r}: volume "
+                f"{attachment.volume!r} is not available",
+                temporary=False,
+            )
+        return volume
+
+    async def _read_within_limit(
+        self, attachments: Sequence[Attachment], account: Account
+    ) -> list[tuple[Attachment, bytes]]:
+        """Read one attachment after the other, stopping as soon as the message's total
+        passes ``max_message_attachment_bytes``: one message never holds more than that plus
+        one attachment in memory. Errors name the attachment."""
+        limit = self.settings.max_message_attachment_bytes
+        contents: list[tuple[Attachment, bytes]] = []
+        total = 0
+        for attachment in attachments:
+            volume = self._volume_for(attachment, account)  # it may have gone meanwhile
+            try:
+                data = await volume.read(attachment.subpath, account.id)
+            except AttachmentError as exc:
+                raise AttachmentError(
+                    f"attachment {attachment.filename!r}: {exc}", temporary=exc.temporary
+                ) from exc
+            total += len(data)
+            if total > limit:
+                raise AttachmentError(
+                    f"attachment {attachment.filename!r}: the message's attachments are "
+                    f"over the limit of {limit} bytes",
+                    temporary=False,
+                )
+            contents.append((attachment, data))
+        return contents
 
     def outcome_of(self, claim: Claim, result: SendResult, now: float) -> Outcome:
         """Sent, retried later with back-off, or failed for good."""

@@ -62,7 +62,8 @@ def gmp_register_volume_backends(
     """Register attachment sources by volume name: ``register("base64", Base64Volume())``.
 
     An attachment's ``storage_path`` is ``volume:subpath``; the named backend's
-    ``async read(subpath, account_id)`` returns its bytes."""
+    ``async read(subpath, account_id)`` returns its bytes. Volumes may also be added to or
+    removed from ``service.volumes`` while running: it is looked up on every use."""
 
 
 @hookspec

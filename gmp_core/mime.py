@@ -10,10 +10,11 @@ nothing here can inject a header.
 
 from __future__ import annotations
 
-import email.encoders
+import binascii
 import email.quoprimime
 import email.utils
 import mimetypes
+import secrets
 from collections.abc import Sequence
 from email.header import Header
 from email.mime.base import MIMEBase
@@ -59,10 +60,12 @@ def build_mime(
         )
     else:
         root = body
+    placeholders = [f"gmp-attachment-{secrets.token_hex(16)}" for _ in attachments]
     if attachments:
-        root = MIMEMultipart(
-            "mixed", _subparts=[root, *map(_attachment_part, attachments)], policy=POLICY
-        )
+        parts = [
+            _attachment_part(a, p) for (a, _), p in zip(attachments, placeholders, strict=True)
+        ]
+        root = MIMEMultipart("mixed", _subparts=[root, *parts], policy=POLICY)
 
     root["Date"] = email.utils.formatdate(date, usegmt=True)
     root["From"] = _address(message.sender)
@@ -76,7 +79,38 @@ def build_mime(
     root["X-GMP-ID"] = message.id
     for name, value in (*message.headers.items(), *outgoing.extra_headers.items()):
         root[name] = _header_value(value)  # type: ignore[assignment]
-    return root.as_bytes()
+    if not attachments:
+        return root.as_bytes()
+    return _splice(root.as_bytes(), placeholders, [data for _, data in attachments])
+
+
+def _splice(template: bytes, placeholders: Sequence[str], contents: Sequence[bytes]) -> bytes:
+    """Put each attachment's base64 text where its placeholder stands.
+
+    The email package's generator copies a part's text several times over, and its base64
+    encoder makes an object per 57-byte line: for a 25 MiB attachment that took 2.3 s of
+    the event loop and 196 MB. Encoded here, block by block into one buffer, the same bytes
+    take a tenth of a second and about twice the attachment's encoded size."""
+    message = bytearray()
+    start = 0
+    for placeholder, data in zip(placeholders, contents, strict=True):
+        at = template.index(placeholder.encode("ascii"), start)
+        message += template[start:at]
+        _append_base64(message, data)
+        start = at + len(placeholder)
+    message += template[start:]
+    return bytes(message)
+
+
+def _append_base64(out: bytearray, data: bytes) -> None:
+    """RFC 2045 base64 (what ``base64.encodebytes`` gives): lines of 76 characters, each
+    ending in a newline; encoded 1,024 lines at a time."""
+    block = 57 * 1024  # 57 bytes make one 76-character line
+    view = memoryview(data)
+    for offset in range(0, len(data), block):
+        encoded = binascii.b2a_base64(view[offset : offset + block], newline=False)
+        out += b"\n".join([encoded[i : i + 76] for i in range(0, len(encoded), 76)])
+        out += b"\n"
 
 
 def _text_part(text: str, subtype: str) -> MIMENonMultipart:
@@ -94,13 +128,13 @@ def _text_part(text: str, subtype: str) -> MIMENonMultipart:
     return part
 
 
-def _attachment_part(item: tuple[Attachment, bytes]) -> MIMEBase:
-    attachment, data = item
+def _attachment_part(attachment: Attachment, placeholder: str) -> MIMEBase:
+    """The part's headers, with a placeholder for its base64 text (see :func:`_splice`)."""
     mime_type = attachment.mime_type or mimetypes.guess_type(attachment.filename)[0]
     maintype, _, subtype = (mime_type or "application/octet-stream").partition("/")
     part = MIMEBase(maintype, subtype, policy=POLICY)
-    part.set_payload(data)
-    email.encoders.encode_base64(part)
+    part["Content-Transfer-Encoding"] = "base64"
+    part.set_payload(placeholder)
     name = attachment.filename
     # Non-ASCII names use RFC 2231 encoding (filename*=utf-8''...).
     filename: str | tuple[str, str, str] = name if name.isascii() else ("utf-8", "", name)

@@ -351,9 +351,11 @@ class Service:
         self.reporting.run_now()
 
     async def set_active(self, active: bool) -> bool:
-        """Suspend or resume sending; persisted across restarts."""
+        """Suspend or resume sending; persisted across restarts, and followed within seconds
+        by the other processes sharing the store."""
         await self.store.set_flag("active", "true" if active else "false")
         self.active = active
+        self.dispatcher.active_changed()
         if active:
             self.dispatcher.wake()
         return active

@@ -80,6 +80,19 @@ class QueueDepth:
     oldest_due: float | None = None
 
 
+@dataclass(slots=True)
+class VolumeRecord:
+    """An attachment volume defined over the API, kept so it is mounted again at start-up.
+    ``config`` is the backend's settings, credentials included: the API never shows it."""
+
+    name: str
+    account_id: str | None  # None: every account may use it
+    backend: str
+    config: dict[str, Any]
+    created_at: float
+    updated_at: float
+
+
 @runtime_checkable
 class Store(Protocol):
     # lifecycle ---------------------------------------------------------------------------
@@ -212,3 +225,14 @@ class Store(Protocol):
     async def get_flag(self, name: str) -> str | None: ...
 
     async def set_flag(self, name: str, value: str) -> None: ...
+
+    # volumes -----------------------------------------------------------------------------
+    async def put_volume(self, volume: VolumeRecord) -> None:
+        """Create or replace the volume with this ``(name, account_id)``."""
+        ...
+
+    async def list_volumes(self) -> list[VolumeRecord]: ...
+
+    async def delete_volume(self, name: str, account_id: str | None) -> bool:
+        """Delete the volume with exactly this ``(name, account_id)``; False when absent."""
+        ...

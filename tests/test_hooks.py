@@ -190,7 +190,7 @@ async def test_hook_gmp_register_volume_backends(
     [attachment] = mail.message.iter_attachments()
     assert attachment.get_content() == "month,sent\nJuly,12\n"
     [error] = await events.wait("error", "m2")
-    assert error.detail == "no such report: q9.csv"
+    assert error.detail == "attachment 'x.csv': no such report: q9.csv"
 
 
 # ---------------------------------------------------------------------------- rate limits

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
+
+import pytest
 
 from gmp_core.intake import parse_message
 from gmp_core.mime import build_mime
@@ -65,3 +68,16 @@ def test_attachments_with_types_and_non_ascii_names() -> None:
 def test_bcc_never_in_headers() -> None:
     msg = build(bcc=["secret@example.com"])
     assert msg["Bcc"] is None
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, 56, 57, 58, 57 * 1024 - 1, 57 * 1024, 57 * 1024 + 1, 200_001]
+)
+def test_attachment_text_is_rfc2045_base64_in_76_character_lines(size: int) -> None:
+    data = bytes(i % 251 for i in range(size))
+    msg = build(attachments=[(Attachment("a.bin", "v:a"), data)])
+    [part] = list(msg.iter_attachments())
+    assert part["Content-Transfer-Encoding"] == "base64"
+    raw = part.get_payload(decode=False).encode()
+    assert raw.rstrip(b"\n") == base64.encodebytes(data).rstrip(b"\n")  # the stdlib's layout
+    assert part.get_payload(decode=True) == data

@@ -64,8 +64,11 @@ async def queue_counts(proxy: ServeProcess) -> dict[str, int]:
 
 
 async def wait_all_sent(proxy: ServeProcess, count: int, timeout: float = 120) -> None:
-    async with asyncio.timeout(timeout):
-        while (await queue_counts(proxy))["sent"] < count:
+    async with asyncio.timeout(timeout), proxy.client() as client:
+        while True:
+            answer = await client.get("/status")  # fails while the database is down
+            if answer.status_code == 200 and answer.json()["queue"]["sent"] >= count:
+                return
             await asyncio.sleep(0.2)
 
 
@@ -103,6 +106,26 @@ async def test_rate_limits_hold_across_processes(
     counts = await queue_counts(cluster[2])
     assert (counts["sent"], counts["scheduled"]) == (120, 180)
     assert len(sink.mails) == 120  # three processes together, never more than the limit
+
+
+async def test_suspend_and_activate_reach_every_process(cluster: list[ServeProcess]) -> None:
+    async def active_everywhere() -> list[bool]:
+        states = []
+        for proxy in cluster:
+            async with proxy.client() as client:
+                states.append((await client.get("/status")).json()["active"])
+        return states
+
+    async with cluster[0].client() as client:
+        await post(client, "/commands/suspend", {})
+    async with asyncio.timeout(30):
+        while await active_everywhere() != [False] * 3:
+            await asyncio.sleep(0.2)
+    async with cluster[2].client() as client:
+        await post(client, "/commands/activate", {})
+    async with asyncio.timeout(30):
+        while await active_everywhere() != [True] * 3:
+            await asyncio.sleep(0.2)
 
 
 async def test_a_killed_process_leaves_nothing_behind(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 from gmp_sql import SqlSettings, gmp_make_store
 
-from gmp_core import Account, Config, Event, Message, Outcome, State, Store
+from gmp_core import Account, Config, Event, Message, Outcome, State, Store, VolumeRecord
 from gmp_core.intake import parse_message
 from tests.support import message
 
@@ -17,16 +18,24 @@ WINDOW = 30 * 86400
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    """The bundled store on each database it supports: the contract is the same."""
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each database the bundled store supports: the contract is the same on all."""
     if request.param == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-    else:
-        url = str(tmp_path / "store.db")
+        return str(request.getfixturevalue("postgres_url"))
+    return str(tmp_path / "store.db")
+
+
+def make_store(url: str) -> Store:
     config = Config({"sql": {"url": url}}, environ={})
     config.register("sql", SqlSettings)
     made = gmp_make_store(config)
     assert made is not None
+    return made
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    made = make_store(store_url)
     await made.open()
     await made.put_account(Account(id="acc", host="h"), time.time())
     yield made
@@ -351,3 +360,41 @@ async def test_queue_depth_counts_unsent_messages_by_state_and_priority(store: S
     depth = await store.queue_depth(now + 1)
     assert depth.counts == {("sending", 0): 1, ("queued", 3): 1, ("scheduled", 2): 1}
     assert depth.oldest_due == pytest.approx(now)  # "low" has been due since it arrived
+
+
+async def test_opening_migrates_and_is_safe_from_several_processes_at_once(
+    store: Store, store_url: str
+) -> None:
+    """Several stores (processes) opening one database together, one of them an old one."""
+    from gmp_sql.schema import SCHEMA_VERSION
+
+    def make_it_version_1() -> None:
+        store._sql("DELETE FROM gmp_schema")  # type: ignore[attr-defined]
+        store._sql("INSERT INTO gmp_schema (version) VALUES (1)")  # type: ignore[attr-defined]
+
+    await store.runner.run(make_it_version_1)  # type: ignore[attr-defined]
+    others = [make_store(store_url) for _ in range(3)]
+    await asyncio.gather(*(other.open() for other in others))
+    versions = await store.runner.run(  # type: ignore[attr-defined]
+        lambda: store._sql("SELECT version FROM gmp_schema ORDER BY version")  # type: ignore[attr-defined]
+    )
+    assert [row[0] for row in versions] == list(range(1, SCHEMA_VERSION + 1))
+    for other in others:
+        await other.close()
+
+
+async def test_volumes_are_keyed_by_name_and_account(store: Store) -> None:
+    def volume(account_id: str | None, base: str, at: float) -> VolumeRecord:
+        return VolumeRecord("docs", account_id, "local", {"base_path": base}, at, at)
+
+    await store.put_volume(volume(None, "/shared", 1.0))
+    await store.put_volume(volume("acc", "/own", 2.0))
+    await store.put_volume(volume("acc", "/own-2", 3.0))  # replaces, keeps created_at
+    listed = await store.list_volumes()
+    assert [(v.account_id, v.config["base_path"], v.created_at, v.updated_at) for v in listed] == [
+        (None, "/shared", 1.0, 1.0),
+        ("acc", "/own-2", 2.0, 3.0),
+    ]
+    assert not await store.delete_volume("docs", "someone-else")
+    assert await store.delete_volume("docs", "acc")
+    assert [v.account_id for v in await store.list_volumes()] == [None]

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 from quart import Quart, current_app, g, request
@@ -433,6 +433,95 @@ async def delete_account(account_id: str) -> ResponseReturnValue:
     return {"ok": True}
 
 
+# ---------------------------------------------------------------- volumes
+#
+# Attachment volumes belong to the gmp_volumes plugin, which leaves its registry in
+# ``service.state["volumes"]``; without it these endpoints answer 404.
+
+
+class VolumeAdmin(Protocol):
+    async def put(self, payload: Any) -> dict[str, Any]: ...
+
+    def list(self, account_id: str | None = None) -> list[dict[str, Any]]: ...
+
+    def get(self, name: str, account_id: str | None = None) -> dict[str, Any] | None: ...
+
+    async def delete(self, name: str, account_id: str | None) -> bool: ...
+
+
+class _NoVolumes(LookupError):
+    pass
+
+
+def _volumes() -> VolumeAdmin:
+    admin: VolumeAdmin | None = _service().state.get("volumes")
+    if admin is None:
+        raise _NoVolumes()
+    return admin
+
+
+def _volumes_disabled() -> tuple[dict[str, Any], int]:
+    return failure(404, "attachment volumes are not enabled (plugin 'volumes')")
+
+
+@document_request(s.VolumeRequest)
+@document_response(s.VolumeSetAnswer)
+@document_response(s.Failure, 422)
+async def put_volume() -> ResponseReturnValue:
+    """Create or replace a volume; usable by the next message, kept across restarts."""
+    try:
+        volume = await _volumes().put(await read_json())
+    except _NoVolumes:
+        return _volumes_disabled()
+    except InvalidInput as exc:
+        return failure(422, str(exc))
+    return {"ok": True, "volume": volume}
+
+
+@document_querystring(s.VolumeQuery)
+@document_response(s.VolumesAnswer)
+async def list_volumes() -> ResponseReturnValue:
+    """Every volume; with ``account_id``, that account's and the global ones."""
+    query = parse_query(s.VolumeQuery)
+    try:
+        return {"ok": True, "volumes": _volumes().list(query.account_id)}
+    except _NoVolumes:
+        return _volumes_disabled()
+
+
+@document_querystring(s.VolumeQuery)
+@document_response(s.VolumeAnswer)
+@document_response(s.Failure, 404)
+async def get_volume(name: str) -> ResponseReturnValue:
+    """One volume: the account's own with ``account_id`` if it has one, else the global one."""
+    query = parse_query(s.VolumeQuery)
+    try:
+        volume = _volumes().get(name, query.account_id)
+    except _NoVolumes:
+        return _volumes_disabled()
+    if volume is None:
+        return failure(404, f"volume {name!r} not found")
+    return {"ok": True, **volume}
+
+
+@document_querystring(s.VolumeQuery)
+@document_response(s.Ok)
+@document_response(s.Failure, 404)
+@document_response(s.Failure, 409)
+async def delete_volume(name: str) -> ResponseReturnValue:
+    """Delete the volume with this name and ``account_id`` (none: the global one)."""
+    query = parse_query(s.VolumeQuery)
+    try:
+        deleted = await _volumes().delete(name, query.account_id)
+    except _NoVolumes:
+        return _volumes_disabled()
+    except InvalidInput as exc:  # defined in plugins.toml
+        return failure(409, str(exc))
+    if not deleted:
+        return failure(404, f"volume {name!r} not found")
+    return {"ok": True}
+
+
 View = Callable[..., Awaitable[ResponseReturnValue]]
 
 ROUTES: list[tuple[str, View, list[str]]] = [
@@ -450,6 +539,10 @@ ROUTES: list[tuple[str, View, list[str]]] = [
     ("/account", put_account, ["POST"]),
     ("/accounts", list_accounts, ["GET"]),
     ("/account/<path:account_id>", delete_account, ["DELETE"]),
+    ("/volume", put_volume, ["POST"]),
+    ("/volumes", list_volumes, ["GET"]),
+    ("/volume/<name>", get_volume, ["GET"]),
+    ("/volume/<name>", delete_volume, ["DELETE"]),
 ]
 
 

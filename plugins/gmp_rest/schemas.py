@@ -194,3 +194,39 @@ class AccountOut(BaseModel):
 
 class AccountsAnswer(Ok):
     accounts: list[AccountOut]
+
+
+# ---------------------------------------------------------------- volumes (plugin gmp_volumes)
+
+
+class VolumeRequest(BaseModel):
+    name: str = Field(description="the volume part of storage_path (volume:subpath)")
+    backend: Literal["local", "memory", "s3", "http", "webdav"]
+    config: dict[str, Any] = Field(default_factory=dict, description="the backend's settings")
+    account_id: str | None = Field(None, description="only this account may use it")
+
+
+class VolumeQuery(BaseModel):
+    account_id: str | None = None
+
+
+class VolumeOut(BaseModel):
+    name: str
+    backend: str
+    config: dict[str, Any] = Field(description="credentials redacted as '***'")
+    account_id: str | None
+    source: Literal["config", "api"] = Field(description="plugins.toml or POST /volume")
+    created_at: float | None
+    updated_at: float | None
+
+
+class VolumeSetAnswer(Ok):
+    volume: VolumeOut
+
+
+class VolumesAnswer(Ok):
+    volumes: list[VolumeOut]
+
+
+class VolumeAnswer(Ok, VolumeOut):
+    """The volume's fields at the top level (as the original service answered), with ``ok``."""

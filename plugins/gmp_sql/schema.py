@@ -13,7 +13,12 @@ from dataclasses import dataclass
 
 import peewee as pw
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# What turns a database of version N-1 into version N, beyond the tables and indexes that
+# ``create_tables(safe=True)`` adds by itself. Statements must suit SQLite and PostgreSQL.
+# 2: the report queue and the volumes (new tables only).
+MIGRATIONS: dict[int, tuple[str, ...]] = {2: ()}
 
 
 class _Table(pw.Model):
@@ -112,6 +117,21 @@ class _ReportQueueRow(_Table):
         primary_key = pw.CompositeKey("reporter", "event_pk")
 
 
+class _VolumeRow(_Table):
+    """Attachment volumes defined over the API. ``owner`` is the account id, or "" for a
+    volume every account may use ("" rather than NULL: NULLs never clash in a key)."""
+
+    name = pw.TextField()
+    owner = pw.TextField()
+    backend = pw.TextField()
+    config = pw.TextField()  # JSON
+    created_at = pw.DoubleField()
+    updated_at = pw.DoubleField()
+
+    class Meta:
+        primary_key = pw.CompositeKey("name", "owner")
+
+
 class _SchemaRow(_Table):
     version = pw.IntegerField(primary_key=True)
 
@@ -127,6 +147,7 @@ class Schema:
     Flag: type[_FlagRow]
     ReportQueue: type[_ReportQueueRow]
     Version: type[_SchemaRow]
+    Volume: type[_VolumeRow]
 
     @property
     def models(self) -> list[type[pw.Model]]:
@@ -140,6 +161,7 @@ class Schema:
             self.Flag,
             self.ReportQueue,
             self.Version,
+            self.Volume,
         ]
 
 
@@ -158,6 +180,7 @@ def bind_schema(db: pw.Database) -> Schema:
         Flag=model(_FlagRow, "flags"),
         ReportQueue=model(_ReportQueueRow, "report_queue"),
         Version=model(_SchemaRow, "gmp_schema"),
+        Volume=model(_VolumeRow, "volumes"),
     )
     m = schema.Message
     m.add_index(m.index(m.priority, m.pk, where=m.state == "queued", name="ix_messages_queued"))

@@ -37,10 +37,11 @@ from gmp_core import (
     QueueDepth,
     State,
     TlsMode,
+    VolumeRecord,
 )
 from gmp_sql.listen import NewWorkListener
 from gmp_sql.runner import DatabaseThread, Runner, on_db_thread
-from gmp_sql.schema import SCHEMA_VERSION, Schema, bind_schema
+from gmp_sql.schema import MIGRATIONS, SCHEMA_VERSION, Schema, bind_schema
 
 ROWS_PER_STATEMENT = 400  # keeps every statement well under the bound-parameter limits
 SLOT_PRUNE_INTERVAL = 600.0
@@ -166,9 +167,21 @@ class SqlStore:
             if self.postgres:  # processes starting together create the schema one at a time
                 self._sql("SELECT pg_advisory_xact_lock(?)", [SCHEMA_LOCK_ID])
             self.db.create_tables(self.schema.models, safe=True)
-            version = self.schema.Version
-            if not version.select().exists():
-                version.insert(version=SCHEMA_VERSION).execute()
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring an older database up to ``SCHEMA_VERSION``, one step at a time. New tables and
+        indexes come from ``create_tables`` above; a step changes what is already there."""
+        version = self.schema.Version
+        rows = self._sql("SELECT MAX(version) FROM gmp_schema")
+        current = rows[0][0]
+        if current is None:  # a new database: created at the current version
+            version.insert(version=SCHEMA_VERSION).execute()
+            return
+        for step in range(current + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS.get(step, ()):
+                self._sql(statement)
+            version.insert(version=step).execute()
 
     async def watch(self, wake: Callable[[], None]) -> None:
         if self._listen_url is not None:
@@ -653,6 +666,49 @@ class SqlStore:
             flag.insert(name=name, value=value).on_conflict(
                 conflict_target=[flag.name], update={flag.value: value}
             ).execute()
+
+    # ------------------------------------------------------------------ volumes
+
+    @on_db_thread
+    def put_volume(self, volume: VolumeRecord) -> None:
+        row = self.schema.Volume
+        values = {
+            "name": volume.name,
+            "owner": volume.account_id or "",
+            "backend": volume.backend,
+            "config": _dumps(volume.config),
+            "created_at": volume.created_at,
+            "updated_at": volume.updated_at,
+        }
+        update = {k: v for k, v in values.items() if k not in ("name", "owner", "created_at")}
+        with self._write():
+            row.insert(**values).on_conflict(
+                conflict_target=[row.name, row.owner], update=update
+            ).execute()
+
+    @on_db_thread
+    def list_volumes(self) -> list[VolumeRecord]:
+        row = self.schema.Volume
+        return [
+            VolumeRecord(
+                name=r["name"],
+                account_id=r["owner"] or None,
+                backend=r["backend"],
+                config=json.loads(r["config"]),
+                created_at=r["created_at"],
+                updated_at=r["updated_at"],
+            )
+            for r in _dicts(row.select().order_by(row.name, row.owner))
+        ]
+
+    @on_db_thread
+    def delete_volume(self, name: str, account_id: str | None) -> bool:
+        row = self.schema.Volume
+        with self._write():
+            deleted: int = (
+                row.delete().where((row.name == name) & (row.owner == (account_id or ""))).execute()
+            )
+        return deleted > 0
 
 
 # ---------------------------------------------------------------------- helpers
