@@ -43,6 +43,7 @@ class ServeProcess:
             while not self.url:
                 line = await self.proc.stderr.readline()
                 assert line, "gmp serve exited during start-up"
+                self.log.append(line)
                 if found := LISTENING.search(line):
                     self.url = found.group(1).decode()
         self._drain = asyncio.create_task(self._drain_stderr())

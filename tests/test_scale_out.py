@@ -10,6 +10,7 @@ import asyncio
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -177,3 +178,35 @@ def restartable_cluster() -> list[str]:
     versions = sorted(p.name for p in Path("/etc/postgresql").glob("*"))
     assert shutil.which("pg_ctlcluster") and versions, "this test restarts the local PostgreSQL"
     return [versions[-1], "main"]
+
+
+async def test_a_message_queued_elsewhere_wakes_an_idle_process(
+    tmp_path: Path, postgres_url: str, sink: SmtpSink
+) -> None:
+    """The process polls only once a minute: only NOTIFY can make it send within the test's
+    time. The message comes from another process's store (here: this test's)."""
+    from gmp_sql import SqlSettings, gmp_make_store
+
+    from gmp_core import Config
+    from gmp_core.intake import parse_message
+
+    config = write_config(tmp_path, postgres_url)
+    config.write_text(
+        config.read_text().replace("send_loop_interval = 0.2", "send_loop_interval = 60")
+    )
+    proxy = await ServeProcess(config).start()
+    try:
+        await add_account(proxy, sink)
+        await proxy.wait_for_log(b"listening for messages queued by other processes")
+        settings = Config({"sql": {"url": postgres_url}}, environ={})
+        settings.register("sql", SqlSettings)
+        elsewhere = gmp_make_store(settings)
+        assert elsewhere is not None
+        await elsewhere.open()
+        queued = parse_message(message("woken"), default_priority=2, default_account=None)
+        await elsewhere.enqueue([queued], [], time.time(), 86400)
+        await elsewhere.close()
+        await sink.wait_for(1, timeout=10)  # the next poll is a minute away
+        assert sink.mails[0].gmp_id == "woken"
+    finally:
+        await proxy.stop(signal.SIGKILL)

@@ -32,6 +32,18 @@ class RestSettings(Settings):
         5.0, ge=0, description="at shutdown, how long requests in progress may take (seconds)"
     )
     access_log: bool = setting(False, description="log every request (logger gmp.rest.access)")
+    read_timeout: float = setting(
+        30.0, gt=0, description="a client silent this long is disconnected (seconds)"
+    )
+    body_timeout: float = setting(
+        30.0, gt=0, description="a request body must arrive whole within this (seconds; 408)"
+    )
+    max_header_bytes: int = setting(
+        16 * 1024, ge=1024, description="request line and headers larger than this are refused"
+    )
+    keep_alive_max_requests: int = setting(
+        1000, ge=1, description="requests one keep-alive connection may carry"
+    )
     ready_timeout: float = setting(
         2.0, gt=0, description="GET /ready fails when the store takes longer to answer (seconds)"
     )
@@ -53,6 +65,9 @@ async def gmp_startup(service: Service) -> None:
         keep_alive_timeout=settings.keep_alive_timeout,
         graceful_timeout=settings.graceful_timeout,
         access_log=settings.access_log,
+        read_timeout=settings.read_timeout,
+        max_header_bytes=settings.max_header_bytes,
+        keep_alive_max_requests=settings.keep_alive_max_requests,
     )
 
 

@@ -57,6 +57,7 @@ def create_app(service: Service) -> Quart:
     settings = service.config.section("rest")
     app = Quart("gmp_rest")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["BODY_TIMEOUT"] = settings.body_timeout
     app.extensions["gmp_service"] = service
     QuartSchema(
         app,
@@ -72,6 +73,8 @@ def create_app(service: Service) -> Quart:
         # preferred it leaves dicts alone (or converts them in C when msgspec is installed).
         conversion_preference="msgspec",
     )
+    app.config["GMP_MAX_HEADER_BYTES"] = settings.max_header_bytes
+    app.before_request(limit_headers)
     app.before_request(authenticate)
     app.register_error_handler(RequestSchemaValidationError, schema_error)
     app.register_error_handler(HTTPException, http_error)
@@ -113,6 +116,15 @@ def _service() -> Service:
 
 def failure(status: int, error: str) -> tuple[dict[str, Any], int]:
     return {"ok": False, "error": error}, status
+
+
+async def limit_headers() -> ResponseReturnValue | None:
+    """``before_request``: headers over ``[rest] max_header_bytes`` get 431, on every
+    endpoint. (hypercorn's own limit only applies to headers that arrive in pieces.)"""
+    size = sum(len(name) + len(value) + 4 for name, value in request.headers.items())
+    if size > current_app.config["GMP_MAX_HEADER_BYTES"]:
+        return failure(431, "request headers too large")
+    return None
 
 
 async def authenticate() -> ResponseReturnValue | None:

@@ -96,11 +96,22 @@ class RestServer:
         keep_alive_timeout: float,
         graceful_timeout: float,
         access_log: bool,
+        read_timeout: float | None = 30.0,
+        max_header_bytes: int = 16 * 1024,
+        keep_alive_max_requests: int = 1000,
     ) -> RestServer:
+        """Serve ``app`` on ``host:port``. The limits guard the event loop the dispatcher
+        shares: a client silent for ``read_timeout`` is dropped (slowloris), a request whose
+        line and headers pass ``max_header_bytes`` is refused, a keep-alive connection serves
+        at most ``keep_alive_max_requests``."""
         sock = bind_socket(host, port)
         config = _BoundConfig(sock)
         config.keep_alive_timeout = keep_alive_timeout
         config.graceful_timeout = graceful_timeout
+        config.read_timeout = read_timeout  # type: ignore[assignment]  # typed int; any seconds do
+        config.h11_max_incomplete_size = max_header_bytes
+        config.h2_max_header_list_size = max_header_bytes
+        config.keep_alive_max_requests = keep_alive_max_requests
         config.errorlog = logging.getLogger("gmp.rest.server")
         config.accesslog = logging.getLogger("gmp.rest.access") if access_log else None
         config.include_server_header = False

@@ -28,6 +28,7 @@ class NewWorkListener:
         self.reachable = True
         self._task: asyncio.Task[None] | None = None
         self._down_since: float | None = None
+        self._first_connection = True
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="gmp-postgresql-listener")
@@ -79,6 +80,9 @@ class NewWorkListener:
             )
 
     def _came_back(self) -> None:
+        if self._first_connection:
+            self._first_connection = False
+            log.info("listening for messages queued by other processes")
         self.reachable = True
         if self._down_since is not None:
             log.warning(
