@@ -72,6 +72,7 @@ def plugins(config_path: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([asdict(info) for info in infos], indent=2))
         return
+    click.echo(f"{'name':<14} {'state':<9} {'source':<10} {'version':<8} hooks")
     for info in infos:
         state = "enabled" if info.enabled else "disabled"
         click.echo(

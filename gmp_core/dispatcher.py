@@ -42,7 +42,7 @@ from gmp_core.models import (
     SendResult,
     State,
 )
-from gmp_core.plugins import call_each
+from gmp_core.plugins import blame, call_each, describe_failure
 from gmp_core.store import Claim
 
 if TYPE_CHECKING:
@@ -323,9 +323,7 @@ class Dispatcher:
             result = SendResult.failed(str(exc), temporary=exc.temporary)
         except Exception as exc:  # a bug in a plugin or in building: retry, never lose
             log.exception("sending %s failed unexpectedly", claim.message.id)
-            result = SendResult.failed(
-                f"internal error: {type(exc).__name__}: {exc}", temporary=True
-            )
+            result = SendResult.failed(f"internal error: {describe_failure(exc)}", temporary=True)
         outcome = self.outcome_of(claim, result, time.time())
         if outcome.event is not None:  # observers (metrics) time the attempts
             outcome.event.data["duration"] = round(time.perf_counter() - started, 6)
@@ -333,14 +331,20 @@ class Dispatcher:
 
     async def _attempt(self, outgoing: OutgoingMessage, account: Account) -> SendResult:
         service = self.service
-        await call_each(service.pm.hook.gmp_prepare_message, message=outgoing, account=account)
+        await call_each(
+            service.pm.hook.gmp_prepare_message, message=outgoing, account=account, service=service
+        )
         if outgoing.data is None:
             # No name for the attachments' bytes: they are freed once built in, not held
             # for the whole SMTP conversation.
             outgoing.data = build_mime(
                 outgoing, await self._read_attachments(outgoing.message, account)
             )
-        return await service.transports[account.transport].send(outgoing, account)
+        try:
+            return await service.transports[account.transport].send(outgoing, account)
+        except Exception as exc:
+            blame(exc, f"transport {account.transport!r}")
+            raise
 
     async def _read_attachments(
         self, message: Message, account: Account

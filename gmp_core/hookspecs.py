@@ -89,15 +89,17 @@ def gmp_authenticate(headers: Mapping[str, str], config: Config) -> Principal | 
 
 
 @hookspec
-def gmp_prepare_message(message: OutgoingMessage, account: Account) -> Any:
+def gmp_prepare_message(message: OutgoingMessage, account: Account, service: Service) -> Any:
     """Last changes before a message is sent: add headers, sign, rewrite. May return an
-    awaitable. Raising makes the attempt fail temporarily (it is retried)."""
+    awaitable. Raising makes the attempt fail temporarily (it is retried). ``service`` gives
+    the plugin its settings (``service.config.section(...)``) and ``service.state``."""
 
 
 @hookspec
-def gmp_event(event: Event) -> Any:
+def gmp_event(event: Event, service: Service) -> Any:
     """Observe a lifecycle event (queued, sent, error, deferred, rejected, ...): metrics,
-    logs, audit. May return an awaitable; exceptions are logged and never stop delivery."""
+    logs, audit. May return an awaitable; exceptions are logged and never stop delivery.
+    ``service`` gives the plugin its settings and ``service.state``."""
 
 
 @hookspec

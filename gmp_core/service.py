@@ -184,7 +184,7 @@ class Service:
         hook = self.pm.hook.gmp_event
         if hook.get_hookimpls():
             for event in events:
-                await notify_each(hook, log, event=event)
+                await notify_each(hook, log, event=event, service=self)
 
     # ------------------------------------------------------------------ health
 

@@ -1,7 +1,19 @@
-"""Test helpers for the proxy and for plugin authors: a real SMTP server to send to.
+"""Test helpers for the proxy and its plugins, and the pytest plugin that offers them.
 
-:class:`SmtpSink` runs aiosmtpd inside the caller's event loop on an ephemeral port of
-127.0.0.1, records every mail, and can be told to refuse, fail, drop or hold messages.
+Installed with the proxy, this module is a pytest plugin (entry point group ``pytest11``): a
+plugin author's tests get these fixtures without importing anything (they need
+pytest-asyncio, in ``asyncio_mode = "auto"`` or with ``@pytest.mark.asyncio``):
+
+* ``gmp_smtp_sink``: a real SMTP server (:class:`SmtpSink`) on 127.0.0.1;
+* ``gmp_report_receiver``: a real HTTP server (:class:`ReportReceiver`) recording what is
+  POSTed to it, for reporters and webhooks;
+* ``gmp_events``: an :class:`EventLog` registered in every service the test starts;
+* ``make_gmp_service``: ``await make_gmp_service(plugins=[...], service={...})`` starts a
+  service on a temporary SQLite with short test timings, stopped after the test;
+* ``gmp_service``: such a service, with account ``acc`` delivering to ``gmp_smtp_sink``;
+* ``register_gmp_plugin``: registers a plugin object for the rest of one test.
+
+Plain helpers build test data: :func:`fast_tables`, :func:`account`, :func:`message`.
 """
 
 from __future__ import annotations
@@ -10,14 +22,47 @@ import asyncio
 import email
 import email.message
 import email.policy
+import inspect
+import json
 import ssl
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+import pluggy
+import pytest
 
-__all__ = ["ReceivedMail", "SmtpSink"]
+from gmp_core import Config, Event, Service, hookimpl
+
+if TYPE_CHECKING:
+    from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+
+# The fixtures are async. Without pytest-asyncio this module still loads (pytest loads it in
+# every project that installs the proxy), and pytest says what is missing when one is used.
+async_fixture: Any
+try:
+    from pytest_asyncio import fixture as async_fixture
+except ImportError:  # pragma: no cover
+    async_fixture = pytest.fixture
+
+__all__ = [
+    "EventLog",
+    "ReceivedMail",
+    "ReceivedRequest",
+    "ReportReceiver",
+    "ServiceStarter",
+    "SmtpSink",
+    "account",
+    "fast_tables",
+    "merge",
+    "message",
+    "status_of",
+    "wait_until",
+]
+
+# ---------------------------------------------------------------------------- SMTP sink
 
 
 @dataclass
@@ -125,7 +170,9 @@ class SmtpSink:
     def _protocol(self) -> SMTP:
         self.connections += 1
         authenticate = self._authenticate if self._credentials is not None else None
-        protocol = _TrackedSMTP(
+        from gmp_core._smtp_sink import TrackedSMTP
+
+        protocol = TrackedSMTP(
             self,
             hostname="sink.test",
             tls_context=self._tls_context,
@@ -141,6 +188,8 @@ class SmtpSink:
     def _authenticate(
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
     ) -> AuthResult:
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+
         assert self._credentials is not None
         if isinstance(auth_data, LoginPassword):
             user, password = auth_data.login.decode(), auth_data.password.decode()
@@ -196,21 +245,337 @@ class SmtpSink:
         return "250 2.0.0 Message accepted"
 
 
-class _TrackedSMTP(SMTP):
-    """aiosmtpd's protocol, remembered by the sink so ``stop()`` can drop its connection."""
+# ---------------------------------------------------------------------------- report receiver
 
-    def __init__(self, sink: SmtpSink, **kwargs: Any) -> None:
-        super().__init__(sink, **kwargs)
-        self._sink = sink
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._sink._protocols.add(self)
-        super().connection_made(transport)
+@dataclass
+class ReceivedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
 
-    async def smtp_QUIT(self, arg: str) -> None:
-        self._sink.quits += 1
-        await super().smtp_QUIT(arg)
+    def json(self) -> Any:
+        return json.loads(self.body)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._sink._protocols.discard(self)
-        super().connection_lost(exc)
+
+Reply = tuple[int, Any]  # status, and a JSON-able body (a str is sent as text/html)
+
+
+class ReportReceiver:
+    """A small HTTP/1.1 server on 127.0.0.1 that records every request and answers it.
+
+    It answers ``reply`` (default ``(200, {"ok": True})``) or, when ``respond`` is set, what
+    that function returns (or awaits) for the request. Change either while it runs to simulate
+    a client that refuses, fails, stalls or answers an HTML page. ``stop()`` then ``start()``
+    again takes it down and up on the same port.
+    """
+
+    def __init__(self) -> None:
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.requests: list[ReceivedRequest] = []
+        self.reply: Reply = (200, {"ok": True})
+        self.respond: Callable[[ReceivedRequest], Reply | Awaitable[Reply]] | None = None
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
+        self._changed = asyncio.Condition()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    async def start(self) -> ReportReceiver:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        """Stop listening and drop every connection, answered or not."""
+        if self._server is not None:
+            self._server.close()
+            for connection in list(self._connections):
+                connection.cancel()
+            await asyncio.gather(*self._connections, return_exceptions=True)
+            await self._server.wait_closed()
+            self._server = None
+
+    async def wait_for(self, count: int, timeout: float = 15.0) -> list[ReceivedRequest]:
+        """Wait until at least ``count`` requests arrived; return them all."""
+        await self.wait(lambda receiver: len(receiver.requests) >= count, timeout)
+        return self.requests
+
+    async def wait(self, check: Callable[[Self], bool], timeout: float = 15.0) -> None:
+        """Wait until ``check(receiver)`` holds; it is re-checked at every request."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: check(self))
+
+    def json_bodies(self) -> list[Any]:
+        return [request.json() for request in self.requests]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = asyncio.current_task()
+        assert connection is not None
+        self._connections.add(connection)
+        try:
+            while (request := await _read_request(reader)) is not None:
+                async with self._changed:
+                    self.requests.append(request)
+                    self._changed.notify_all()
+                answer = self.respond(request) if self.respond else self.reply
+                status, body = await answer if inspect.isawaitable(answer) else answer
+                writer.write(_http_response(status, body))
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the client went away, or we were stopped
+        finally:
+            self._connections.discard(connection)
+            writer.close()
+
+
+async def _read_request(reader: asyncio.StreamReader) -> ReceivedRequest | None:
+    """One request of a keep-alive connection; None once the client closes it."""
+    request_line = await reader.readline()
+    if not request_line.strip():
+        return None
+    method, path, _ = request_line.decode("latin-1").split(" ", 2)
+    headers = {}
+    while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return ReceivedRequest(method, path, headers, body)
+
+
+def _http_response(status: int, body: Any) -> bytes:
+    if isinstance(body, str):
+        content, content_type = body.encode(), "text/html; charset=utf-8"
+    else:
+        content, content_type = json.dumps(body).encode(), "application/json"
+    head = (
+        f"HTTP/1.1 {status} {'OK' if status < 400 else 'Error'}\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(content)}\r\n\r\n"
+    )
+    return head.encode() + content
+
+
+# ---------------------------------------------------------------------------- events
+
+
+class EventLog:
+    """A plugin recording every ``gmp_event``, with a way to wait for one."""
+
+    __name__ = "gmp-testing-event-log"
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._changed = asyncio.Condition()
+
+    @hookimpl
+    async def gmp_event(self, event: Event) -> None:
+        async with self._changed:
+            self.events.append(event)
+            self._changed.notify_all()
+
+    async def wait(
+        self, kind: str, message_id: str | None = None, *, count: int = 1, timeout: float = 15.0
+    ) -> list[Event]:
+        """Wait until ``count`` events of ``kind`` (for ``message_id``, if given) happened."""
+
+        def matching() -> list[Event]:
+            return [
+                e
+                for e in self.events
+                if e.kind == kind and (message_id is None or e.message_id == message_id)
+            ]
+
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: len(matching()) >= count)
+        return matching()
+
+    def kinds(self, message_id: str) -> list[str]:
+        return [e.kind for e in self.events if e.message_id == message_id]
+
+
+# ---------------------------------------------------------------------------- test data
+
+
+def fast_tables(db_dir: Path) -> dict[str, Any]:
+    """A configuration for tests: SQLite in ``db_dir``, short waits and retries (of sends and of
+    reports), no HTTP API."""
+    return {
+        "plugins": {"disable": ["rest"]},
+        "sql": {"url": str(db_dir / "gmp.db")},
+        "service": {
+            "send_loop_interval": 0.05,
+            "retry_delays": [0.1, 0.1, 0.1],
+            "lease_seconds": 5,
+            "shutdown_timeout": 5,
+        },
+        "smtp": {"connect_timeout": 2, "command_timeout": 5},
+        # Reports go at once, failed ones are retried within milliseconds, no heartbeats.
+        "reporting": {
+            "interval": 0,
+            "retry_initial": 0.02,
+            "retry_max": 0.05,
+            "heartbeat_seconds": 0,
+        },
+    }
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with the keys of each table of ``extra`` added or replaced."""
+    merged = {table: dict(values) for table, values in base.items()}
+    for table, values in extra.items():
+        merged.setdefault(table, {}).update(values)
+    return merged
+
+
+def account(sink: SmtpSink, id: str = "acc", **fields: Any) -> dict[str, Any]:
+    """An account payload delivering to ``sink`` over plain SMTP."""
+    return {"id": id, "host": sink.host, "port": sink.port, "tls": "none", **fields}
+
+
+def message(id: str, **fields: Any) -> dict[str, Any]:
+    """An add-messages payload for account ``acc``."""
+    return {
+        "id": id,
+        "account_id": "acc",
+        "from": "Sender <sender@example.com>",
+        "to": ["rcpt@example.com"],
+        "subject": f"subject {id}",
+        "body": f"body {id}",
+        **fields,
+    }
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
+    """Re-check an observable condition until it holds (for states no event announces)."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def status_of(service: Service, message_id: str) -> str:
+    record, _ = await service.get_message(message_id)
+    return record.status
+
+
+# ---------------------------------------------------------------------------- services
+
+# Hooks the service calls only while it starts: a plugin implementing one must be there before.
+START_UP_HOOKS = frozenset(
+    {
+        "gmp_register_settings",
+        "gmp_make_store",
+        "gmp_register_transports",
+        "gmp_register_volume_backends",
+        "gmp_register_rate_limit_policies",
+        "gmp_register_reporters",
+        "gmp_startup",
+    }
+)
+
+
+class ServiceStarter:
+    """Starts services for one test, on its temporary database, and stops them after it.
+
+    ``await starter(plugins=[...], service={...}, sql={...})``: extra plugin objects, and
+    tables merged over :func:`fast_tables`. Every service also gets the plugins passed to
+    :meth:`register` and the test's :class:`EventLog`.
+    """
+
+    def __init__(self, db_dir: Path, events: EventLog) -> None:
+        self.db_dir = db_dir
+        self.plugins: list[object] = [events]
+        self.started: list[Service] = []
+
+    async def __call__(self, plugins: Sequence[object] = (), **tables: dict[str, Any]) -> Service:
+        config = Config(merge(fast_tables(self.db_dir), tables), environ={})
+        service = Service(config, plugins=[*self.plugins, *plugins])
+        await service.start()
+        self.started.append(service)
+        return service
+
+    def register(self, plugin: object) -> object:
+        """Add ``plugin`` to the services started from now on, and to those running when it
+        only observes (its hooks are called per event or per request, not at start-up)."""
+        running = [service for service in self.started if service.started_at is not None]
+        name = getattr(plugin, "__name__", None) or type(plugin).__name__
+        if running:
+            too_late = _hooks_of(running[0].pm, plugin) & START_UP_HOOKS
+            if too_late:
+                raise RuntimeError(
+                    f"{name} implements {', '.join(sorted(too_late))}, which run at "
+                    "start-up: register it before the service starts"
+                )
+        for service in running:
+            service.pm.register(plugin, name=name)
+            service.pm.check_pending()
+        self.plugins.append(plugin)
+        return plugin
+
+    async def stop_all(self) -> None:
+        for service in reversed(self.started):
+            await service.stop()
+
+
+def _hooks_of(pm: pluggy.PluginManager, plugin: object) -> set[str]:
+    """The hooks ``plugin`` implements, by name."""
+    hooks = set()
+    for attribute in dir(plugin):
+        opts = pm.parse_hookimpl_opts(plugin, attribute)
+        if opts is not None:
+            hooks.add(opts.get("specname") or attribute)
+    return hooks
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+@async_fixture
+async def gmp_smtp_sink() -> AsyncIterator[SmtpSink]:
+    """A running :class:`SmtpSink` on 127.0.0.1."""
+    sink = await SmtpSink().start()
+    yield sink
+    await sink.stop()
+
+
+@async_fixture
+async def gmp_report_receiver() -> AsyncIterator[ReportReceiver]:
+    """A running :class:`ReportReceiver`; POST to its ``url``."""
+    receiver = await ReportReceiver().start()
+    yield receiver
+    await receiver.stop()
+
+
+@pytest.fixture
+def gmp_events() -> EventLog:
+    """The events of every service this test starts."""
+    return EventLog()
+
+
+@async_fixture
+async def make_gmp_service(tmp_path: Path, gmp_events: EventLog) -> AsyncIterator[ServiceStarter]:
+    """``await make_gmp_service(plugins=[...], **tables)``: a started service on the test's
+    SQLite (the same database for every call), stopped after the test."""
+    starter = ServiceStarter(tmp_path, gmp_events)
+    yield starter
+    await starter.stop_all()
+
+
+@async_fixture
+async def gmp_service(make_gmp_service: ServiceStarter, gmp_smtp_sink: SmtpSink) -> Service:
+    """A running service whose account ``acc`` delivers to ``gmp_smtp_sink``."""
+    service = await make_gmp_service()
+    await service.put_account(account(gmp_smtp_sink))
+    return service
+
+
+@pytest.fixture
+def register_gmp_plugin(make_gmp_service: ServiceStarter) -> Callable[[object], object]:
+    """``register_gmp_plugin(plugin)``: use ``plugin`` for the rest of this test (see
+    :meth:`ServiceStarter.register`). Returns the plugin."""
+    return make_gmp_service.register

@@ -1,5 +1,6 @@
-"""Shared fixtures: a real SMTP sink, services on a temporary SQLite, an event log, and
-schemas of their own on the real PostgreSQL of 127.0.0.1."""
+"""Shared fixtures, under the short names our tests use, over the pytest plugin that ships
+with the proxy (gmp_core.testing): a real SMTP sink, services on a temporary SQLite, an event
+log; and schemas of their own on the real PostgreSQL of 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -7,23 +8,19 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from gmp_core import Config, Service
-from gmp_core.testing import SmtpSink
-from tests.support import EventLog, ServiceFactory, account, base_tables, merge
+from gmp_core import Service
+from gmp_core.testing import EventLog, ServiceStarter, SmtpSink
 
 
 @pytest.fixture
-async def sink() -> AsyncIterator[SmtpSink]:
-    server = await SmtpSink().start()
-    yield server
-    await server.stop()
+def sink(gmp_smtp_sink: SmtpSink) -> SmtpSink:
+    return gmp_smtp_sink
 
 
 @pytest.fixture(params=[False, True], ids=["one-by-one", "pipelined"])
@@ -36,35 +33,21 @@ async def either_sink(request: pytest.FixtureRequest) -> AsyncIterator[SmtpSink]
 
 
 @pytest.fixture
-def events() -> EventLog:
-    return EventLog()
+def events(gmp_events: EventLog) -> EventLog:
+    return gmp_events
 
 
 @pytest.fixture
-async def make_service(tmp_path: Path, events: EventLog) -> AsyncIterator[ServiceFactory]:
+def make_service(make_gmp_service: ServiceStarter) -> ServiceStarter:
     """``await make_service(plugins=[...], service={...}, ...)``: a started service on the
     test's database (the same one for every call), stopped at the end."""
-    started: list[Service] = []
-
-    async def factory(plugins: Sequence[object] = (), **tables: dict[str, Any]) -> Service:
-        config = Config(merge(base_tables(tmp_path), tables), environ={})
-        service = Service(config, plugins=[events, *plugins])
-        await service.start()
-        started.append(service)
-        return service
-
-    yield factory
-    for service in reversed(started):
-        if service.started_at is not None:
-            await service.stop()
+    return make_gmp_service
 
 
 @pytest.fixture
-async def service(make_service: ServiceFactory, sink: SmtpSink) -> Service:
+def service(gmp_service: Service) -> Service:
     """A running service with account ``acc`` pointing at the sink (plain SMTP)."""
-    svc = await make_service()
-    await svc.put_account(account(sink))
-    return svc
+    return gmp_service
 
 
 # The PostgreSQL the tests use; `.ci/run` starts the local one when it is down. Tests that

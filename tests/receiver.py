@@ -1,4 +1,5 @@
-"""A real ``proxy_sync`` endpoint for the tests: Quart under hypercorn on 127.0.0.1.
+"""A real ``proxy_sync`` endpoint for the tests: the generic receiver of ``gmp_core.testing``,
+answering as ``mode`` says.
 
 It records every request (headers, raw body, parsed reports) and answers as ``mode`` says:
 ``ok`` (``{"ok": true}`` plus ``extra``), ``error`` (500), ``slow`` (answers only once
@@ -9,80 +10,66 @@ It records every request (headers, raw body, parsed reports) and answers as ``mo
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from typing import Any
 
-from gmp_rest.server import RestServer
-from quart import Quart, Response, request
+from gmp_core import testing
 
 
 @dataclass
 class Post:
-    headers: dict[str, str]
+    headers: dict[str, str]  # names as Werkzeug spells them: X-Gmp-Signature
     body: bytes
     reports: list[dict[str, Any]]
 
 
-class ReportReceiver:
+class ReportReceiver(testing.ReportReceiver):
     def __init__(self) -> None:
+        super().__init__()
         self.mode = "ok"
         self.extra: dict[str, Any] = {}
-        self.posts: list[Post] = []
         self.release = asyncio.Event()
-        self.port = 0
-        self._server: RestServer | None = None
-        self._changed = asyncio.Condition()
-        self.app = Quart("report-receiver")
-        self.app.add_url_rule("/sync", view_func=self._sync, methods=["POST"])
+        self.respond = self._answer
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/sync"
 
-    async def start(self) -> ReportReceiver:
-        self._server = await RestServer.start(
-            self.app,
-            "127.0.0.1",
-            self.port,
-            keep_alive_timeout=5,
-            graceful_timeout=0.1,
-            access_log=False,
-        )
-        self.port = self._server.port
-        return self
-
     async def stop(self) -> None:
         self.release.set()
-        if self._server is not None:
-            await self._server.stop()
-            self._server = None
+        await super().stop()
         self.release = asyncio.Event()
 
-    async def _sync(self) -> Response | tuple[Any, int]:
-        body = await request.get_data()
-        post = Post(dict(request.headers), body, [])
-        try:
-            post.reports = (await request.get_json(force=True))["delivery_report"]
-        except Exception:  # recorded as it came; the test decides what it means
-            post.reports = []
-        async with self._changed:
-            self.posts.append(post)
-            self._changed.notify_all()
-        if self.mode == "slow":
-            await self.release.wait()
-        if self.mode == "error":
-            return {"error": "boom"}, 500
-        if self.mode == "html":
-            return Response("<html><body>Welcome</body></html>", content_type="text/html")
-        if self.mode == "not_ok":
-            return {"ok": False}, 200
-        return {"ok": True, **self.extra}, 200
+    @property
+    def posts(self) -> list[Post]:
+        return [_post(request) for request in self.requests if request.path == "/sync"]
 
     def reported(self, status: str | None = None) -> list[dict[str, Any]]:
         """Every report received, duplicates included, in arrival order."""
         return [r for p in self.posts for r in p.reports if status in (None, r["status"])]
 
-    async def wait(self, check: Any, timeout: float = 15.0) -> None:
-        """Until ``check(self)`` holds."""
-        async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(lambda: check(self))
+    async def _answer(self, request: testing.ReceivedRequest) -> testing.Reply:
+        if self.mode == "slow":
+            await self.release.wait()
+        if self.mode == "error":
+            return 500, {"error": "boom"}
+        if self.mode == "html":
+            return 200, "<html><body>Welcome</body></html>"
+        if self.mode == "not_ok":
+            return 200, {"ok": False}
+        return 200, {"ok": True, **self.extra}
+
+
+def _post(request: testing.ReceivedRequest) -> Post:
+    headers = {_spelt(name): value for name, value in request.headers.items()}
+    try:
+        reports = json.loads(request.body)["delivery_report"]
+    except Exception:  # recorded as it came; the test decides what it means
+        reports = []
+    return Post(headers, request.body, reports)
+
+
+def _spelt(name: str) -> str:
+    """``x-gmp-signature`` -> ``X-Gmp-Signature``."""
+    return "-".join(part.capitalize() for part in name.split("-"))

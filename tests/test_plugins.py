@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import inspect
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +27,7 @@ from gmp_core import (
     hookspecs,
 )
 from gmp_core.cli import cli
-from gmp_core.plugins import make_plugin_manager
+from gmp_core.plugins import describe_plugins, make_plugin_manager
 from gmp_core.testing import SmtpSink
 from tests.support import EventLog, ServiceFactory, account, base_tables, message
 
@@ -138,7 +142,10 @@ async def test_a_crashing_transport_retries_then_errors(
     await service.add_messages([message("m1", account_id="x")])
     [error] = await events.wait("error", "m1")
     assert events.kinds("m1") == ["queued", "deferred", "error"]
-    assert error.detail == "gave up after 2 attempts: internal error: RuntimeError: transport bug"
+    assert error.detail == (
+        "gave up after 2 attempts: internal error: RuntimeError: transport bug "
+        "(raised by transport 'broken')"
+    )
 
 
 async def test_unknown_transport_is_retried_not_lost(service: Service, events: EventLog) -> None:
@@ -166,18 +173,77 @@ def test_gmp_plugins_lists_bundled_plugins() -> None:
     result = CliRunner().invoke(cli, ["plugins"], env={"GMP_CONFIG": ""})
     assert result.exit_code == 0
     lines = {line.split()[0]: line.split() for line in result.output.splitlines()}
+    assert lines["name"] == ["name", "state", "source", "version", "hooks"]
     assert set(lines) >= {"sql", "smtp", "rest", "token_auth", "ratelimit"}
-    assert lines["smtp"][1:3] == ["enabled", "bundled"]
-    assert "gmp_register_transports" in result.output
+    version = importlib.metadata.version("genro-mail-proxy")
+    assert lines["smtp"][1:] == [
+        "enabled",
+        "bundled",
+        version,
+        "gmp_register_settings,",
+        "gmp_register_transports",
+    ]
 
 
-def test_every_hook_has_a_reference_section() -> None:
-    reference = (Path(__file__).parent.parent / "docs" / "plugins.md").read_text()
-    hooks = [
+def test_plugin_sources() -> None:
+    class Local:
+        __name__ = "local"
+
+        @hookimpl
+        def gmp_event(self, event: Event) -> None:
+            pass
+
+    pm = make_plugin_manager({"rest"}, extra_plugins=[Local()])
+    infos = {info.name: info for info in describe_plugins(pm)}
+    assert (infos["local"].source, infos["local"].version) == ("registered", None)
+    assert infos["local"].hooks == ["gmp_event"]
+    assert (infos["rest"].source, infos["rest"].enabled) == ("disabled", False)
+    assert infos["sql"].source == "bundled"
+
+
+def hook_names() -> list[str]:
+    return [
         name
         for name, _ in inspect.getmembers(hookspecs, inspect.isfunction)
         if name.startswith("gmp_")
     ]
-    for name in hooks:
+
+
+def test_every_hook_has_a_reference_section() -> None:
+    """docs/plugins.md: a section per hook, headed by its signature, saying what it is given,
+    what it returns and when it is called, with an example."""
+    reference = (Path(__file__).parent.parent / "docs" / "plugins.md").read_text()
+    for name in hook_names():
         argnames = inspect.signature(getattr(hookspecs, name)).parameters
-        assert f"### {name}({', '.join(argnames)})" in reference, name
+        heading = f"### {name}({', '.join(argnames)})"
+        assert heading in reference, f"docs/plugins.md has no section {heading!r}"
+        section = reference.split(heading, 1)[1].split("\n#", 1)[0]
+        for part in ("- **Arguments:**", "- **Returns:**", "- **Called:**", "```python"):
+            assert part in section, f"the section of {name} in docs/plugins.md lacks {part!r}"
+
+
+def test_every_hook_has_a_test() -> None:
+    """A test named test_hook_<hook> somewhere in tests/ (as datasette's suite requires)."""
+    tests = set()
+    for file in Path(__file__).parent.rglob("test_*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                tests.add(node.name)
+    for name in hook_names():
+        assert any(test.startswith(f"test_hook_{name}") for test in tests), (
+            f"{name} has no test: write test_hook_{name}"
+        )
+
+
+def test_a_disabled_plugin_is_never_imported() -> None:
+    """Blocked before entry points load: a broken or unwanted plugin runs no code at all."""
+    script = (
+        "import sys\n"
+        "from gmp_core import Config, Service\n"
+        "service = Service(Config({'plugins': {'disable': ['rest']}}, environ={}))\n"
+        "print(sorted(m for m in ('gmp_rest', 'gmp_smtp') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "['gmp_smtp']"

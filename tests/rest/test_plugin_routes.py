@@ -28,7 +28,7 @@ class PingRoutes:
         register("/teapot", teapot, public=True)
 
 
-async def test_plugin_routes_are_served_with_or_without_the_token(
+async def test_hook_gmp_register_routes_served_with_or_without_the_token(
     start_service: ServiceFactory,
 ) -> None:
     service = await start_service(PingRoutes())
