@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -25,8 +25,8 @@ def sink(gmp_smtp_sink: SmtpSink) -> SmtpSink:
 
 @pytest.fixture(params=[False, True], ids=["one-by-one", "pipelined"])
 async def either_sink(request: pytest.FixtureRequest) -> AsyncIterator[SmtpSink]:
-    """A sink with and without PIPELINING: modules whose tests must pass both ways say
-    ``sink = either_sink``-style overrides (see test_failures.py)."""
+    """A sink with and without PIPELINING, for modules whose tests must pass both ways: they
+    override ``gmp_smtp_sink`` (the sink services send to) with it (see test_failures.py)."""
     server = await SmtpSink(pipelining=request.param).start()
     yield server
     await server.stop()

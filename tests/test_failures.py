@@ -14,7 +14,7 @@ from tests.support import EventLog, ServiceFactory, account, message, status_of
 
 
 @pytest.fixture
-def sink(either_sink: SmtpSink) -> SmtpSink:
+def gmp_smtp_sink(either_sink: SmtpSink) -> SmtpSink:
     """Every test here runs against a server that pipelines and one that does not."""
     return either_sink
 

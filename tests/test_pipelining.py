@@ -85,7 +85,7 @@ async def test_every_reply_reaches_its_command(scripted: tuple[ScriptedServer, i
 
 
 @pytest.fixture
-def sink(either_sink: SmtpSink) -> SmtpSink:
+def gmp_smtp_sink(either_sink: SmtpSink) -> SmtpSink:
     return either_sink
 
 
