@@ -31,6 +31,7 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pydantic import ValidationInfo, field_validator
 
 from gmp_core import ConfigError, Settings, setting
 
@@ -44,12 +45,15 @@ _SECRET_WORDS = ("password", "secret", "token", "key", "credential", "auth")
 
 
 class SecretsSettings(Settings):
-    """``[secrets]``: the keys that seal SMTP passwords and volume credentials in the store."""
+    """``[secrets]``: the keys that seal SMTP passwords and volume credentials in the store.
+    Keys are checked here, so ``gmp check-config`` finds a bad one and the error names where
+    it came from; a key file is read when the store is made."""
 
     key: str = setting(
         "",
         description="current key: 32 random bytes in base64 (prefer the environment); "
         "empty, with no key_file: secrets are stored in clear",
+        repr=False,
     )
     key_file: str = setting(
         "",
@@ -59,7 +63,29 @@ class SecretsSettings(Settings):
     old_keys: list[str] = setting(
         [],
         description="older keys (base64): values sealed with them still read, during a rotation",
+        repr=False,
     )
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        if value:
+            _decode_key(value)
+        return value
+
+    @field_validator("old_keys")
+    @classmethod
+    def _old_keys(cls, values: list[str]) -> list[str]:
+        for value in values:
+            _decode_key(value)
+        return values
+
+    @field_validator("key_file")
+    @classmethod
+    def _one_current_key(cls, value: str, info: ValidationInfo) -> str:
+        if value and info.data.get("key"):
+            raise ValueError("set key or key_file, not both")
+        return value
 
 
 class SecretError(ConfigError):
@@ -122,12 +148,10 @@ class Keyring:
 
     @classmethod
     def from_settings(cls, settings: SecretsSettings) -> Keyring:
-        if settings.key and settings.key_file:
-            raise ConfigError("[secrets]: set key or key_file, not both")
         current: bytes | None = None
-        old = [_decode_key(text, "[secrets] old_keys") for text in settings.old_keys]
+        old = [_decode_key(text) for text in settings.old_keys]
         if settings.key:
-            current = _decode_key(settings.key, "[secrets] key")
+            current = _decode_key(settings.key)
         elif settings.key_file:
             first, *older = read_key_file(Path(settings.key_file).expanduser())
             current = first
@@ -190,15 +214,21 @@ def read_key_file(path: Path) -> list[bytes]:
     texts = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     if not texts:
         raise ConfigError(f"{where}: holds no key ({NEW_KEY_HINT})")
-    return [_decode_key(text, f"{where}, line with key {n + 1}") for n, text in enumerate(texts)]
+    keys = []
+    for n, text in enumerate(texts, 1):
+        try:
+            keys.append(_decode_key(text))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: key {n}: {exc}") from None
+    return keys
 
 
-def _decode_key(text: str, where: str) -> bytes:
+def _decode_key(text: str) -> bytes:
     """A key from its base64 text (standard or URL-safe). Errors never echo the text."""
     try:
         key = base64.b64decode(text.strip().replace("-", "+").replace("_", "/"), validate=True)
     except (binascii.Error, ValueError):
         key = b""
     if len(key) != KEY_BYTES:
-        raise ConfigError(f"{where}: must be {KEY_BYTES} random bytes in base64 ({NEW_KEY_HINT})")
+        raise ValueError(f"must be {KEY_BYTES} random bytes in base64 ({NEW_KEY_HINT})")
     return key
