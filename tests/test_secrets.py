@@ -31,6 +31,7 @@ from gmp_volumes.definitions import BACKEND_CONFIGS, REDACTED, redact
 from gmp_core import Account, Config, ConfigError, VolumeRecord
 from gmp_core.plugins import make_plugin_manager
 from gmp_core.testing import SmtpSink
+from tests.conftest import run_async
 from tests.support import EventLog, ServiceFactory, account, message
 from tests.volumes.servers import WebdavServer, attachments_of
 
@@ -327,11 +328,14 @@ def test_check_config_finds_a_bad_key() -> None:
     assert "hunter2" not in result.output
 
 
-def test_the_key_comes_from_the_environment(db_url: str) -> None:
-    config = Config({"sql": {"url": db_url}}, environ={"GMP_SECRETS_KEY": KEY})
+async def test_the_key_comes_from_the_environment(tmp_path: Path) -> None:
+    config = Config({"sql": {"url": str(tmp_path / "gmp.db")}}, environ={"GMP_SECRETS_KEY": KEY})
     config.register("sql", SqlSettings)
     store = gmp_make_store(config)
-    assert store is not None and store.keyring.current_id == kid(KEY)
+    assert store is not None
+    await store.open()
+    await store.close()
+    assert store.keyring.current_id == kid(KEY)
 
 
 def test_volume_credentials_are_the_fields_the_api_redacts() -> None:
@@ -353,16 +357,18 @@ def test_volume_credentials_are_the_fields_the_api_redacts() -> None:
 # plain-text AUTH is what the test sink offers without TLS; fine on 127.0.0.1
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
 async def test_an_encrypted_password_authenticates_at_the_smtp_server(
-    make_service: ServiceFactory, events: EventLog, db_url: str
+    make_service: ServiceFactory, events: EventLog, db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     sink = await SmtpSink(credentials={"mailer": PASSWORD}).start()
     try:
-        service = await make_service(sql={"url": db_url}, secrets={"key": KEY})
-        await service.put_account(account(sink, user="mailer", password=PASSWORD))
-        assert PASSWORD not in await raw_text(db_url)
-        await service.add_messages([message("m1")])
-        await events.wait("sent", "m1")
-        assert sink.logins == ["mailer"]
+        with caplog.at_level(logging.DEBUG):
+            service = await make_service(sql={"url": db_url}, secrets={"key": KEY})
+            await service.put_account(account(sink, user="mailer", password=PASSWORD))
+            assert PASSWORD not in await raw_text(db_url)
+            await service.add_messages([message("m1")])
+            await events.wait("sent", "m1")
+        assert sink.logins == ["mailer"]  # AUTH with the password the store decrypted
+        assert PASSWORD not in caplog.text and KEY not in caplog.text
     finally:
         await sink.stop()
 
@@ -432,8 +438,6 @@ def test_gmp_secrets_rotate(tmp_path: Path) -> None:
         store = await opened(str(db))
         await put_secrets(store)
         await store.close()
-
-    from tests.conftest import run_async
 
     run_async(clear_account)
     runner = CliRunner()
