@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import click
 import peewee as pw
@@ -60,7 +60,8 @@ def gmp_make_store(config: Config) -> SqlStore | None:
     settings: SqlSettings = config.section("sql")
     # register() returns the table if the hook above already declared it, and declares it
     # when the store is made on its own (tests, the `gmp secrets` command).
-    keyring = Keyring.from_settings(config.register("secrets", SecretsSettings))  # type: ignore[arg-type]
+    secrets = cast(SecretsSettings, config.register("secrets", SecretsSettings))
+    keyring = Keyring.from_settings(secrets)
     url = settings.url
     if url.startswith(("postgres://", "postgresql://")):
         return _postgresql_store(settings, keyring)
