@@ -3,21 +3,27 @@
 ``[sql] url`` (or the legacy ``GMP_DB_PATH``) is a file path or ``sqlite:///path`` (default
 ``gmp.db`` in the working directory), or ``postgresql://user:password@host:port/database``
 for several processes sharing one queue (``pip install "genro-mail-proxy[postgresql]"``).
+
+``[secrets]`` holds the keys that encrypt SMTP passwords and volume credentials in the store
+(``secrets.py``); ``gmp secrets`` rotates them (``commands.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
+import click
 import peewee as pw
 
 from gmp_core import Config, ConfigError, Settings, hookimpl, setting
+from gmp_sql.commands import secrets as secrets_command
 from gmp_sql.runner import GreenletRunner
+from gmp_sql.secrets import Keyring, SecretError, SecretsSettings
 from gmp_sql.store import SqlStore
 
-__all__ = ["SqlSettings", "SqlStore"]
+__all__ = ["SecretError", "SecretsSettings", "SqlSettings", "SqlStore"]
 
 
 class SqlSettings(Settings):
@@ -41,14 +47,24 @@ class SqlSettings(Settings):
 @hookimpl
 def gmp_register_settings(register: Callable[[str, type[Settings]], None]) -> None:
     register("sql", SqlSettings)
+    register("secrets", SecretsSettings)
+
+
+@hookimpl
+def gmp_register_commands(cli: click.Group) -> None:
+    cli.add_command(secrets_command)
 
 
 @hookimpl
 def gmp_make_store(config: Config) -> SqlStore | None:
     settings: SqlSettings = config.section("sql")
+    # register() returns the table if the hook above already declared it, and declares it
+    # when the store is made on its own (tests, the `gmp secrets` command).
+    secrets = cast(SecretsSettings, config.register("secrets", SecretsSettings))
+    keyring = Keyring.from_settings(secrets)
     url = settings.url
     if url.startswith(("postgres://", "postgresql://")):
-        return _postgresql_store(settings)
+        return _postgresql_store(settings, keyring)
     path = url.removeprefix("sqlite:///")  # sqlite:///rel.db, sqlite:////abs/path.db
     if path != ":memory:":
         file = Path(path).expanduser()
@@ -63,11 +79,12 @@ def gmp_make_store(config: Config) -> SqlStore | None:
                 "synchronous": settings.synchronous,
                 "busy_timeout": settings.busy_timeout_ms,
             },
-        )
+        ),
+        keyring=keyring,
     )
 
 
-def _postgresql_store(settings: SqlSettings) -> SqlStore:
+def _postgresql_store(settings: SqlSettings, keyring: Keyring) -> SqlStore:
     try:
         from playhouse.pwasyncio import AsyncPostgresqlDatabase
     except ImportError:
@@ -81,4 +98,4 @@ def _postgresql_store(settings: SqlSettings) -> SqlStore:
         pool_min_size=1,
         acquire_timeout=settings.connect_timeout,
     )
-    return SqlStore(db, GreenletRunner(db), listen_url=url)
+    return SqlStore(db, GreenletRunner(db), listen_url=url, keyring=keyring)

@@ -15,6 +15,7 @@ over a whole batch. The SQL is shared; where the dialects differ:
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -42,6 +43,17 @@ from gmp_core import (
 from gmp_sql.listen import NewWorkListener
 from gmp_sql.runner import DatabaseThread, Runner, on_db_thread
 from gmp_sql.schema import MIGRATIONS, SCHEMA_VERSION, Schema, bind_schema
+from gmp_sql.secrets import (
+    Keyring,
+    Place,
+    SecretError,
+    account_place,
+    is_sealed,
+    is_secret_field,
+    volume_place,
+)
+
+secrets_log = logging.getLogger("gmp.secrets")
 
 ROWS_PER_STATEMENT = 400  # keeps every statement well under the bound-parameter limits
 SLOT_PRUNE_INTERVAL = 600.0
@@ -131,9 +143,15 @@ class SqlStore:
     """A :class:`gmp_core.Store` on a peewee database (SQLite or PostgreSQL)."""
 
     def __init__(
-        self, db: pw.Database, runner: Runner | None = None, *, listen_url: str | None = None
+        self,
+        db: pw.Database,
+        runner: Runner | None = None,
+        *,
+        listen_url: str | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self.db = db
+        self.keyring = keyring or Keyring()  # no key: secrets in clear (warned at open)
         self._listen_url = listen_url
         self._listener: NewWorkListener | None = None
         self.runner: Runner = runner or DatabaseThread(db)
@@ -168,6 +186,7 @@ class SqlStore:
                 self._sql("SELECT pg_advisory_xact_lock(?)", [SCHEMA_LOCK_ID])
             self.db.create_tables(self.schema.models, safe=True)
             self._migrate()
+        self._check_secrets()
 
     def _migrate(self) -> None:
         """Bring an older database up to ``SCHEMA_VERSION``, one step at a time. New tables and
@@ -182,6 +201,94 @@ class SqlStore:
             for statement in MIGRATIONS.get(step, ()):
                 self._sql(statement)
             version.insert(version=step).execute()
+
+    def _check_secrets(self) -> None:
+        """At start-up, open every stored secret once: a wrong or missing key stops the
+        start naming what it cannot open, instead of failing sends later. Also say plainly
+        when secrets are, or are still, stored in clear."""
+        problems, clear = [], 0
+        for place, stored in self._stored_secrets():
+            try:
+                self.keyring.open(stored, place)
+            except SecretError as exc:
+                problems.append(str(exc))
+            clear += not is_sealed(stored)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise SecretError(problems[0] + more)
+        if not self.keyring.encrypts:
+            secrets_log.warning(
+                "no secrets key is configured ([secrets] key or key_file, GMP_SECRETS_KEY): "
+                "SMTP passwords and volume credentials are stored in clear"
+            )
+        elif clear:
+            secrets_log.warning(
+                "%d stored secret(s) still in clear: run 'gmp secrets rotate' to encrypt them",
+                clear,
+            )
+        else:
+            secrets_log.info("stored secrets are encrypted (key %s)", self.keyring.current_id)
+
+    def _stored_secrets(self) -> Iterable[tuple[Place, str]]:
+        """Every secret in the store, as stored, with where it lives."""
+        for account_id, password in self._sql(
+            "SELECT id, password FROM accounts WHERE password <> '' ORDER BY id"
+        ):
+            yield account_place(account_id), password
+        for name, owner, config in self._sql(
+            "SELECT name, owner, config FROM volumes ORDER BY name, owner"
+        ):
+            values = json.loads(config)
+            for field in _secret_fields(values):
+                yield volume_place(name, owner or None, field), values[field]
+
+    @on_db_thread
+    def rotate_secrets(self) -> tuple[int, int]:
+        """Seal every stored secret with the current key: values in clear and values sealed
+        with an older key. Returns (values re-sealed, values already current).
+
+        Each row is rewritten only if it still holds what was read (compare and set), so a
+        password changed over the API meanwhile is never put back to its old value; readers
+        meanwhile see the old or the new text, and can open both. A row changed meanwhile is
+        left as it now is (the change was sealed by whoever made it) and not counted."""
+        if not self.keyring.encrypts:
+            raise SecretError("no current key to rotate to: set [secrets] key or key_file")
+        resealed = current = 0
+        with self._write():
+            for account_id, stored in self._sql(
+                "SELECT id, password FROM accounts WHERE password <> ''"
+            ):
+                if self.keyring.is_current(stored):
+                    current += 1
+                    continue
+                place = account_place(account_id)
+                sealed = self.keyring.seal(self.keyring.open(stored, place), place)
+                resealed += len(
+                    self._sql(
+                        "UPDATE accounts SET password = ? WHERE id = ? AND password = ? "
+                        "RETURNING id",
+                        (sealed, account_id, stored),
+                    )
+                )
+            for name, owner, stored_config in self._sql("SELECT name, owner, config FROM volumes"):
+                config = json.loads(stored_config)
+                fields = _secret_fields(config)
+                stale = [f for f in fields if not self.keyring.is_current(config[f])]
+                current += len(fields) - len(stale)
+                if not stale:
+                    continue
+                for field in stale:
+                    place = volume_place(name, owner or None, field)
+                    config[field] = self.keyring.seal(
+                        self.keyring.open(config[field], place), place
+                    )
+                changed = self._sql(
+                    "UPDATE volumes SET config = ? WHERE name = ? AND owner = ? AND config = ? "
+                    "RETURNING name",
+                    (_dumps(config), name, owner, stored_config),
+                )
+                resealed += len(stale) if changed else 0
+        return resealed, current
 
     async def watch(self, wake: Callable[[], None]) -> None:
         if self._listen_url is not None:
@@ -493,6 +600,8 @@ class SqlStore:
     def put_account(self, account: Account, now: float) -> None:
         row = self.schema.Account
         values = _account_columns(account)
+        if account.password:
+            values["password"] = self.keyring.seal(account.password, account_place(account.id))
         values.update(created_at=now, updated_at=now)
         update = {k: v for k, v in values.items() if k not in ("id", "created_at")}
         with self._write():
@@ -503,13 +612,18 @@ class SqlStore:
         row = self.schema.Account
         ids = list(ids)
         found = _dicts(row.select().where(row.id.in_(ids))) if ids else []
-        return {r["id"]: _account(r) for r in found}
+        return {r["id"]: self._account(r) for r in found}
 
     @on_db_thread
     def list_accounts(self) -> list[Account]:
         row = self.schema.Account
         rows = _dicts(row.select().order_by(row.id))
-        return [_account(r) for r in rows]
+        return [self._account(r) for r in rows]
+
+    def _account(self, row: dict[str, Any]) -> Account:
+        if row["password"]:
+            row = {**row, "password": self.keyring.open(row["password"], account_place(row["id"]))}
+        return _account(row)
 
     @on_db_thread
     def delete_account(self, account_id: str, *, force: bool, now: float) -> AccountDeletion:
@@ -676,7 +790,7 @@ class SqlStore:
             "name": volume.name,
             "owner": volume.account_id or "",
             "backend": volume.backend,
-            "config": _dumps(volume.config),
+            "config": _dumps(self._seal_config(volume.config, volume.name, volume.account_id)),
             "created_at": volume.created_at,
             "updated_at": volume.updated_at,
         }
@@ -694,12 +808,33 @@ class SqlStore:
                 name=r["name"],
                 account_id=r["owner"] or None,
                 backend=r["backend"],
-                config=json.loads(r["config"]),
+                config=self._open_config(json.loads(r["config"]), r["name"], r["owner"] or None),
                 created_at=r["created_at"],
                 updated_at=r["updated_at"],
             )
             for r in _dicts(row.select().order_by(row.name, row.owner))
         ]
+
+    def _seal_config(
+        self, config: Mapping[str, Any], name: str, owner: str | None
+    ) -> dict[str, Any]:
+        """The config as stored: credentials sealed, the rest readable as it is."""
+        secret = _secret_fields(config)
+        return {
+            field: self.keyring.seal(value, volume_place(name, owner, field))
+            if field in secret
+            else value
+            for field, value in config.items()
+        }
+
+    def _open_config(self, config: dict[str, Any], name: str, owner: str | None) -> dict[str, Any]:
+        secret = _secret_fields(config)
+        return {
+            field: self.keyring.open(value, volume_place(name, owner, field))
+            if field in secret
+            else value
+            for field, value in config.items()
+        }
 
     @on_db_thread
     def delete_volume(self, name: str, account_id: str | None) -> bool:
@@ -762,6 +897,11 @@ _ACCOUNT_FIELDS = (
     "ttl",
     "transport",
 )
+
+
+def _secret_fields(config: Mapping[str, Any]) -> list[str]:
+    """The keys of a volume's config that hold a credential (and have a value)."""
+    return [k for k, v in config.items() if is_secret_field(k) and isinstance(v, str) and v]
 
 
 def _account_columns(account: Account) -> dict[str, Any]:

@@ -102,16 +102,16 @@ def free_port() -> int:
 
 
 class WebdavServer:
-    """wsgidav over cheroot, serving ``root`` to user ``u`` with password ``p``."""
+    """wsgidav over cheroot, serving ``root`` to user ``u`` (password ``p`` unless told)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, password: str = "p") -> None:
         from cheroot import wsgi
         from wsgidav.wsgidav_app import WsgiDAVApp
 
         app = WsgiDAVApp(
             {
                 "provider_mapping": {"/": str(root)},
-                "simple_dc": {"user_mapping": {"*": {"u": {"password": "p"}}}},
+                "simple_dc": {"user_mapping": {"*": {"u": {"password": password}}}},
                 "http_authenticator": {
                     "accept_basic": True,
                     "accept_digest": False,

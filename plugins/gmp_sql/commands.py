@@ -1,0 +1,56 @@
+"""``gmp secrets``: keys for the secrets the store keeps (docs/security.md, "Secrets at rest")."""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+
+from gmp_core import Config, ConfigError
+from gmp_sql.secrets import new_key
+
+
+@click.group()
+def secrets() -> None:
+    """Keys that encrypt SMTP passwords and volume credentials in the store."""
+
+
+@secrets.command("new-key")
+def new_key_command() -> None:
+    """Print a new random key (base64) for [secrets] key, GMP_SECRETS_KEY or a key file."""
+    click.echo(new_key())
+
+
+@secrets.command()
+@click.option(
+    "--config",
+    "-c",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="GMP_CONFIG",
+    help="plugins.toml to use (default: $GMP_CONFIG, else ./plugins.toml if present)",
+)
+def rotate(config_path: str | None) -> None:
+    """Re-encrypt every stored secret with the current key.
+
+    Values in clear and values encrypted with an older key (listed in [secrets] old_keys or
+    the key file) are rewritten; the proxy may keep running meanwhile."""
+    try:
+        resealed, current, key = asyncio.run(_rotate(Config.load(config_path)))
+    except ConfigError as exc:  # SecretError is one: it names the account or volume
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"re-encrypted {resealed} secrets with key {key} ({current} already were)")
+
+
+async def _rotate(config: Config) -> tuple[int, int, str]:
+    from gmp_sql import SqlSettings, gmp_make_store  # the plugin module imports this one
+
+    config.register("sql", SqlSettings)
+    store = gmp_make_store(config)
+    assert store is not None  # the SQL plugin always makes one
+    try:
+        await store.open()  # also checks that every stored secret opens with the keys given
+        resealed, current = await store.rotate_secrets()
+    finally:
+        await store.close()
+    return resealed, current, str(store.keyring.current_id)
