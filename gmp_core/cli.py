@@ -15,6 +15,7 @@ from gmp_core.logs import configure_logging
 from gmp_core.plugins import describe_plugins, make_plugin_manager
 from gmp_core.service import Service
 
+# The --config option of `gmp serve`, for plugins' own commands too (gmp_register_commands).
 config_option = click.option(
     "--config",
     "-c",

@@ -7,6 +7,7 @@ import asyncio
 import click
 
 from gmp_core import Config, ConfigError
+from gmp_core.cli import config_option
 from gmp_sql.secrets import new_key
 
 
@@ -22,14 +23,7 @@ def new_key_command() -> None:
 
 
 @secrets.command()
-@click.option(
-    "--config",
-    "-c",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    envvar="GMP_CONFIG",
-    help="plugins.toml to use (default: $GMP_CONFIG, else ./plugins.toml if present)",
-)
+@config_option
 def rotate(config_path: str | None) -> None:
     """Re-encrypt every stored secret with the current key.
 
