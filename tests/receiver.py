@@ -3,12 +3,14 @@
 It records every request (headers, raw body, parsed reports) and answers as ``mode`` says:
 ``ok`` (``{"ok": true}`` plus ``extra``), ``error`` (500), ``slow`` (answers only once
 ``release`` is set: slower than any client timeout), ``html`` (a 200 web page), ``not_ok``
-(``{"ok": false}``). ``stop()`` and ``start()`` again on the same port make it go down and up.
+(``{"ok": false}``). ``choose``, when set, picks the mode of each post instead (a flaky
+client). ``stop()`` and ``start()`` again on the same port make it go down and up.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,11 +23,13 @@ class Post:
     headers: dict[str, str]
     body: bytes
     reports: list[dict[str, Any]]
+    mode: str = "ok"  # how it was answered
 
 
 class ReportReceiver:
     def __init__(self) -> None:
         self.mode = "ok"
+        self.choose: Callable[[], str] | None = None
         self.extra: dict[str, Any] = {}
         self.posts: list[Post] = []
         self.release = asyncio.Event()
@@ -60,7 +64,8 @@ class ReportReceiver:
 
     async def _sync(self) -> Response | tuple[Any, int]:
         body = await request.get_data()
-        post = Post(dict(request.headers), body, [])
+        mode = self.choose() if self.choose is not None else self.mode
+        post = Post(dict(request.headers), body, [], mode)
         try:
             post.reports = (await request.get_json(force=True))["delivery_report"]
         except Exception:  # recorded as it came; the test decides what it means
@@ -68,13 +73,13 @@ class ReportReceiver:
         async with self._changed:
             self.posts.append(post)
             self._changed.notify_all()
-        if self.mode == "slow":
+        if mode == "slow":
             await self.release.wait()
-        if self.mode == "error":
+        if mode == "error":
             return {"error": "boom"}, 500
-        if self.mode == "html":
+        if mode == "html":
             return Response("<html><body>Welcome</body></html>", content_type="text/html")
-        if self.mode == "not_ok":
+        if mode == "not_ok":
             return {"ok": False}, 200
         return {"ok": True, **self.extra}, 200
 

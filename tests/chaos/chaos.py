@@ -7,16 +7,18 @@ process, so they outlive every proxy.
 
 A feeder posts the messages in batches throughout the run (a few batches ahead of the sink,
 so intake is still going on when most kills land). At ``kills`` points picked by a seeded
-RNG, each "once the sink has N mails", "once the receiver has reports for N messages" or
-"past N mails, as the next batch is posted", the proxy is killed with SIGKILL and started
-again. A batch whose POST died with the proxy is
+RNG, each "once the sink has N mails", "once the receiver has reports for N messages",
+"past N mails, as the next batch is posted" or "past N mails, during a graceful shutdown"
+(SIGTERM, then SIGKILL once it is under way: an orchestrator's grace period running out),
+the proxy is killed with SIGKILL and started again. A batch whose POST died with the proxy is
 posted again to the new one, like a client would: an id queued before the kill is then
 replaced (same queue position), or refused as "in flight" or "already sent"; all mean the
 proxy has it. At the end the last proxy runs until every message is delivered and reported,
 and stops with SIGTERM.
 
 With ``faults`` the sink also misbehaves at random (:class:`gmp_core.testing.Faults`: 4xx
-and 5xx replies, dropped connections, stalls), so messages may also end as ``error``.
+and 5xx replies, dropped connections, stalls), so messages may also end as ``error``; and
+the report receiver fails one post in six (a 500, an HTML page, ``{"ok": false}``).
 
 What is checked (and printed):
 
@@ -83,7 +85,7 @@ RETRY_DELAYS = [0.05, 0.05, 0.05]
 
 @dataclass
 class Kill:
-    point: str  # where it was aimed: "mails>=N", "reports>=N" or "intake>=N"
+    point: str  # where it was aimed: "mails>=N", "reports>=N", "intake>=N", "shutdown>=N"
     claims: int  # messages the dead process held ("sending" in the store it left)
     at_risk: int  # of those, sent to the sink by the dead process: each arrives once more
 
@@ -171,6 +173,11 @@ class Chaos:
         self.sink = SmtpSink()
         self.sink.faults = faults
         self.receiver = ReportReceiver()
+        if faults is not None:  # the client side misbehaves too
+            answers = random.Random(seed + 1)
+            self.receiver.choose = lambda: answers.choices(
+                ["ok", "error", "html", "not_ok"], weights=[15, 1, 1, 1]
+            )[0]
         self.proxy: ServeProcess | None = None
         self.generation = 0  # bumped by every start: a failed POST waits for the next one
         self.started_at = 0.0  # when the current proxy was started (its claims are newer)
@@ -228,7 +235,8 @@ class Chaos:
         """Sorted progress marks in (0, messages): each a count of mails or of reports."""
         count = len(self.ids)
         marks = sorted(self.rng.randrange(1, count) for _ in range(self.kills))
-        return [(self.rng.choice(["mails", "reports", "intake"]), mark) for mark in marks]
+        kinds = ["mails", "reports", "intake", "shutdown"]
+        return [(self.rng.choice(kinds), mark) for mark in marks]
 
     async def _reach(self, point: tuple[str, int], timeout: float) -> None:
         kind, mark = point
@@ -257,8 +265,11 @@ class Chaos:
             self._restarted.notify_all()
 
     async def _kill(self, point: tuple[str, int]) -> None:
-        assert self.proxy is not None
-        await self.proxy.stop(signal.SIGKILL)
+        assert self.proxy is not None and self.proxy.proc is not None
+        if point[0] == "shutdown":
+            self.proxy.proc.send_signal(signal.SIGTERM)
+            await self.proxy.wait_for_log(b"stopping: finishing sends in flight")
+        await self.proxy.stop(signal.SIGKILL)  # (if it has not exited already)
         await self.sink.wait_disconnected()  # what the dead process had open is settled
         if self.database_url.startswith("postgresql://"):
             await postgresql_sessions_gone(self.database_url)
@@ -315,12 +326,22 @@ class Chaos:
     # ------------------------------------------------------------------ the tally
 
     def _final_reports(self) -> set[str]:
-        return {r["id"] for r in self.receiver.reported() if r["status"] in ("sent", "error")}
+        return {r["id"] for r in self._accepted_finals()}
+
+    def _accepted_finals(self) -> list[dict[str, Any]]:
+        """Final reports in the posts the receiver accepted (answered ``{"ok": true}``)."""
+        return [
+            report
+            for post in self.receiver.posts
+            if post.mode == "ok"
+            for report in post.reports
+            if report["status"] in ("sent", "error")
+        ]
 
     async def _tally(self) -> None:
         result = self.result
         result.copies = Counter(mail.gmp_id for mail in self.sink.mails)
-        finals = [r for r in self.receiver.reported() if r["status"] in ("sent", "error")]
+        finals = self._accepted_finals()
         result.reports = Counter(r["id"] for r in finals)
         async with open_store(self.database_url) as store:
             records, _ = await store.list_messages(
