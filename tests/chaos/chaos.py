@@ -232,7 +232,7 @@ class Chaos:
         return path
 
     def _kill_points(self) -> list[tuple[str, int]]:
-        """Sorted progress marks in (0, messages): each a count of mails or of reports."""
+        """Sorted progress marks in (0, messages), each with the kind of kill aimed there."""
         count = len(self.ids)
         marks = sorted(self.rng.randrange(1, count) for _ in range(self.kills))
         kinds = ["mails", "reports", "intake", "shutdown"]

@@ -14,6 +14,7 @@ async def test_sigkill_at_random_points_loses_nothing_and_bounds_duplicates() ->
     print(result.summary())  # shown with pytest -s, or when the test fails
     result.check()
     assert len(result.kills) == 5
+    assert result.duplicates == result.bound  # without faults, each send at risk goes again
     kinds = {kill.point.split(">=")[0] for kill in result.kills}
     assert kinds == {"mails", "reports", "intake", "shutdown"}
 
