@@ -54,6 +54,7 @@ class Expected:
     status: str  # "sent" | "error"
     code: int | None  # the error code reported; None for sent, or after a drop or stall
     gave_up: bool = False
+    attempts: int = 1
 
 
 def expected_outcome(faults: Faults, recipient: str, retries: int) -> Expected:
@@ -62,13 +63,13 @@ def expected_outcome(faults: Faults, recipient: str, retries: int) -> Expected:
     while True:
         fault = faults.plan(recipient, failures + 1)
         if fault is None:
-            return Expected("sent", None)
+            return Expected("sent", None, attempts=failures + 1)
         code = int(faults.reply(fault)[:3]) if fault.startswith(("rcpt", "data")) else None
         if fault.endswith("permanent"):
-            return Expected("error", code)
+            return Expected("error", code, attempts=failures + 1)
         failures += 1
         if failures > retries:
-            return Expected("error", code, gave_up=True)
+            return Expected("error", code, gave_up=True, attempts=failures)
 
 
 @dataclass
@@ -76,7 +77,8 @@ class FaultsResult:
     messages: int
     seconds: float = 0.0
     injected: Counter[str] = field(default_factory=Counter)
-    outcomes: Counter[str] = field(default_factory=Counter)  # sent / error / gave up
+    # sent / error / gave up, and "sent after retries" (also counted in sent)
+    outcomes: Counter[str] = field(default_factory=Counter)
     wrong: list[str] = field(default_factory=list)  # id: what was expected, what came
     unreported: list[str] = field(default_factory=list)
     copies_wrong: list[str] = field(default_factory=list)  # sent != exactly one mail
@@ -185,6 +187,8 @@ def _tally(
         if came != (expected.status, expected.code) or gave_up != expected.gave_up:
             result.wrong.append(f"{message_id}: expected {expected}, reported {report}")
         result.outcomes["gave up" if gave_up else report["status"]] += 1
+        if expected.status == "sent" and expected.attempts > 1:
+            result.outcomes["sent after retries"] += 1
         wanted_copies = 1 if expected.status == "sent" else 0
         if copies[message_id] != wanted_copies:
             result.copies_wrong.append(f"{message_id}: {copies[message_id]} mails")

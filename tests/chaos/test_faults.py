@@ -26,4 +26,5 @@ async def test_every_message_ends_as_the_faults_dictate_and_is_reported() -> Non
     result.check()
     assert all(result.injected[kind] > 0 for kind in Faults.KINDS), result.injected
     assert result.outcomes["sent"] > 0 and result.outcomes["error"] > 0
+    assert result.outcomes["sent after retries"] > 0
     assert result.outcomes["gave up"] >= 3  # the greylisted ones, at least
