@@ -177,10 +177,6 @@ class SmtpSink:
         async with asyncio.timeout(timeout), self._changed:
             await self._changed.wait_for(lambda: self._held >= count)
 
-    @property
-    def open_connections(self) -> int:
-        return len(self._protocols)
-
     async def wait_disconnected(self, timeout: float = 15.0) -> None:
         """Until no client is connected. After a client process died, this is when every
         transaction it had open is settled: recorded, or dropped for good."""
