@@ -24,6 +24,7 @@ class TrackedSMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._sink._protocols.add(self)
+        self._sink._disconnected.clear()
         super().connection_made(transport)
 
     async def smtp_QUIT(self, arg: str) -> None:
@@ -32,4 +33,6 @@ class TrackedSMTP(SMTP):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._sink._protocols.discard(self)
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # cancels a DATA still being handled: never recorded
+        if not self._sink._protocols:
+            self._sink._disconnected.set()

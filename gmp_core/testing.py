@@ -24,8 +24,11 @@ import email.message
 import email.policy
 import inspect
 import json
+import random
 import ssl
 import time
+import weakref
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +52,7 @@ except ImportError:  # pragma: no cover
 
 __all__ = [
     "EventLog",
+    "Faults",
     "ReceivedMail",
     "ReceivedRequest",
     "ReportReceiver",
@@ -86,6 +90,59 @@ class ReceivedMail:
         return str(self.message["X-GMP-ID"])
 
 
+@dataclass(frozen=True)
+class Faults:
+    """Random misbehaviour of a sink, each a share of delivery attempts (0.05 = 5%).
+
+    One draw per attempt decides its fate: a 4xx or 5xx reply to RCPT or to DATA, the
+    connection dropped once the mail's data arrived (before any reply: the client sees the
+    connection go mid-DATA), or a stall (no reply ever: the client must time out). A drop or a
+    stall never keeps the mail, so neither can cause a duplicate.
+
+    The draw depends only on ``seed``, the recipient and which attempt for that recipient
+    this is (the n-th RCPT for it), never on timing or on the order in which concurrent
+    connections arrive: a run is reproducible, and :meth:`plan` tells a test beforehand what
+    the n-th attempt for an address will meet.
+    """
+
+    seed: int = 0
+    rcpt_temporary: float = 0.0
+    rcpt_permanent: float = 0.0
+    data_temporary: float = 0.0
+    data_permanent: float = 0.0
+    drop: float = 0.0
+    stall: float = 0.0
+    replies: dict[str, str] = field(
+        default_factory=lambda: {
+            "rcpt_temporary": "451 4.3.0 Mailbox busy, try again later",
+            "rcpt_permanent": "550 5.1.1 User unknown",
+            "data_temporary": "452 4.3.1 Insufficient system storage",
+            "data_permanent": "554 5.6.0 Message rejected",
+        }
+    )
+
+    KINDS = (
+        "rcpt_temporary",
+        "rcpt_permanent",
+        "data_temporary",
+        "data_permanent",
+        "drop",
+        "stall",
+    )
+
+    def plan(self, recipient: str, attempt: int) -> str | None:
+        """The fault the ``attempt``-th try (from 1) for ``recipient`` meets, or None."""
+        draw = random.Random(f"{self.seed}|{recipient}|{attempt}").random()
+        for kind in self.KINDS:
+            draw -= getattr(self, kind)
+            if draw < 0:
+                return kind
+        return None
+
+    def reply(self, kind: str) -> str:
+        return self.replies[kind]
+
+
 class SmtpSink:
     """An SMTP server for tests.
 
@@ -94,7 +151,9 @@ class SmtpSink:
     * ``rcpt_replies``: recipient -> reply line (``"550 5.1.1 User unknown"``);
     * ``data_reply``: a function of the envelope returning a reply line, or None to accept;
     * ``hold``: an :class:`asyncio.Event`; while it is unset, DATA waits (messages stay in
-      flight); ``wait_held(n)`` returns once n transactions are waiting.
+      flight); ``wait_held(n)`` returns once n transactions are waiting;
+    * ``faults``: :class:`Faults`, random replies, drops and stalls; ``injected`` counts them
+      by kind and ``attempts`` counts RCPTs per recipient.
     """
 
     def __init__(
@@ -113,6 +172,9 @@ class SmtpSink:
         self.rcpt_replies: dict[str, str] = {}
         self.data_reply: Callable[[Envelope], str | None] | None = None
         self.hold: asyncio.Event | None = None
+        self.faults: Faults | None = None
+        self.injected: Counter[str] = Counter()
+        self.attempts: Counter[str] = Counter()
         self.connections = 0
         self.quits = 0
         self.logins: list[str] = []
@@ -126,6 +188,10 @@ class SmtpSink:
         self._protocols: set[SMTP] = set()
         self._changed = asyncio.Condition()
         self._held = 0
+        self._disconnected = asyncio.Event()  # no connection open right now
+        self._disconnected.set()
+        # The fault drawn at RCPT for a transaction, met at its DATA.
+        self._data_faults: weakref.WeakKeyDictionary[Envelope, str] = weakref.WeakKeyDictionary()
 
     # ------------------------------------------------------------------ control
 
@@ -157,6 +223,12 @@ class SmtpSink:
     async def wait_held(self, count: int, timeout: float = 15.0) -> None:
         async with asyncio.timeout(timeout), self._changed:
             await self._changed.wait_for(lambda: self._held >= count)
+
+    async def wait_disconnected(self, timeout: float = 15.0) -> None:
+        """Until no client is connected. After a client process died, this is when every
+        transaction it had open is settled: recorded, or dropped for good."""
+        async with asyncio.timeout(timeout):
+            await self._disconnected.wait()
 
     def by_id(self) -> dict[str, list[ReceivedMail]]:
         """Mails grouped by their X-GMP-ID header (duplicates show as longer lists)."""
@@ -221,9 +293,17 @@ class SmtpSink:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        self.attempts[address] += 1
         reply = self.rcpt_replies.get(address)
         if reply is not None:
             return reply
+        fault = self._fault(address)
+        if fault in ("rcpt_temporary", "rcpt_permanent"):
+            assert self.faults is not None
+            self.injected[fault] += 1
+            return self.faults.reply(fault)
+        if fault is not None and envelope not in self._data_faults:
+            self._data_faults[envelope] = fault
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -234,6 +314,18 @@ class SmtpSink:
                 self._changed.notify_all()
             await self.hold.wait()
             self._held -= 1
+        fault = self._data_faults.pop(envelope, None)
+        if fault is not None:
+            self.injected[fault] += 1
+        if fault in ("data_temporary", "data_permanent"):
+            assert self.faults is not None
+            return self.faults.reply(fault)
+        if fault in ("drop", "stall"):
+            if fault == "drop" and server.transport is not None:
+                server.transport.close()
+            # No reply, ever: the handler is cancelled when the connection goes (dropped
+            # here, or closed by the client once it gives up waiting).
+            await asyncio.get_running_loop().create_future()
         reply = self.data_reply(envelope) if self.data_reply else None
         if reply is not None:
             return reply
@@ -243,6 +335,12 @@ class SmtpSink:
             self.mails.append(mail)
             self._changed.notify_all()
         return "250 2.0.0 Message accepted"
+
+    def _fault(self, recipient: str) -> str | None:
+        """The fault the current attempt for ``recipient`` meets, if any."""
+        if self.faults is None:
+            return None
+        return self.faults.plan(recipient, self.attempts[recipient])
 
 
 # ---------------------------------------------------------------------------- report receiver
