@@ -136,15 +136,20 @@ def _attachment_part(attachment: Attachment, placeholder: str) -> MIMEBase:
     part["Content-Transfer-Encoding"] = "base64"
     part.set_payload(placeholder)
     name = attachment.filename
-    # Non-ASCII names use RFC 2231 encoding (filename*=utf-8''...).
-    filename: str | tuple[str, str, str] = name if name.isascii() else ("utf-8", "", name)
+    # Non-ASCII names use RFC 2231 encoding (filename*=utf-8''...), and so do names with
+    # "=?": readers would decode that as an RFC 2047 encoded word.
+    plain = name.isascii() and "=?" not in name
+    filename: str | tuple[str, str, str] = name if plain else ("utf-8", "", name)
     part.add_header("Content-Disposition", "attachment", filename=filename)
     return part
 
 
 def _header_value(value: str) -> str | Header:
-    """Non-ASCII header text as RFC 2047 encoded words (compat32 accepts a Header)."""
-    return value if value.isascii() else Header(value, "utf-8")
+    """Non-ASCII header text as RFC 2047 encoded words (compat32 accepts a Header).
+
+    ASCII text that contains ``=?`` is encoded too: written as is, a reader would decode
+    a literal ``=?utf-8?q?x?=`` into ``x``."""
+    return value if value.isascii() and "=?" not in value else Header(value, "utf-8")
 
 
 def _address(address: Address) -> str:
