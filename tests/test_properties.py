@@ -51,7 +51,10 @@ tricky_text = st.lists(
     ),
     max_size=20,
 ).map("".join)
-header_text = st.one_of(tricky_text, any_text)
+long_word = st.builds(
+    lambda c, n: c * n, st.sampled_from(["x", "é", "%", "東"]), st.integers(60, 1200)
+)
+header_text = st.one_of(tricky_text, any_text, long_word)
 
 atom = st.text(
     string.ascii_lowercase + string.digits + "!#$%&'*+/=?^_`{|}~-", min_size=1, max_size=12
@@ -107,6 +110,7 @@ header_name = st.one_of(st.from_regex(r"X-[A-Za-z0-9-]{1,12}", fullmatch=True), 
 filename = st.one_of(
     st.builds(lambda stem, ext: stem + ext, tricky_text, st.sampled_from([".pdf", ".txt", ""])),
     any_text,
+    long_word,
 )
 body_text = st.one_of(
     st.text(max_size=200),
@@ -151,6 +155,8 @@ def parse(item: dict[str, Any]) -> Message:
 def built(message: Message) -> email.message.EmailMessage:
     attachments = [(a, b"content") for a in message.attachments]
     data = build_mime(OutgoingMessage(message, attempt=1), attachments)
+    # RFC 5322 §2.1.1: no line over 998 octets (servers refuse or cut such mail).
+    assert max(len(line) for line in data.split(b"\n")) <= 998
     # An internationalised address travels as raw UTF-8 (RFC 6532, sent with SMTPUTF8);
     # the stdlib's bytes parser would leave it surrogate-escaped, so such a mail is read as
     # text (its parts are 7bit, quoted-printable or base64: the rest is ASCII anyway).
@@ -226,3 +232,80 @@ def test_well_formed_recipients_survive_intake(pairs: list[Address]) -> None:
         message = parse({"id": "m1", "account_id": "acc", "from": "s@example.com", "to": to})
         assert message.to == [as_read(address) for address in written]
         assert_reads_back(message, built(message))
+
+
+# ---------------------------------------------------------------- what the properties found
+#
+# Each case below once failed one of the properties above; kept as plain examples so they
+# are checked on every run whatever hypothesis happens to draw.
+
+
+def message_with(**fields: Any) -> Message:
+    return parse(
+        {"id": "m1", "account_id": "acc", "from": "s@example.com", "to": "r@example.com", **fields}
+    )
+
+
+def test_literal_encoded_word_text_reads_back_as_written() -> None:
+    """A reader decodes ``=?utf-8?q?x?=`` into ``x``: such text now goes out encoded."""
+    message = message_with(
+        subject="about =?utf-8?q?x?= words",
+        headers={"X-Note": "=?utf-8?q?x?="},
+        attachments=[{"filename": "=?utf-8?q?x?=.pdf", "storage_path": "base64:SGk="}],
+    )
+    mail = built(message)
+    assert str(mail["Subject"]) == "about =?utf-8?q?x?= words"
+    assert str(mail["X-Note"]) == "=?utf-8?q?x?="
+    assert [p.get_filename() for p in mail.iter_attachments()] == ["=?utf-8?q?x?=.pdf"]
+
+
+def test_display_names_encoded_by_formataddr_are_stored_decoded() -> None:
+    written = email.utils.formataddr(("Zoë, Ünicode", "zoe@example.com"), charset="utf-8")
+    assert written.startswith("=?utf-8?")
+    message = message_with(to=[written])
+    assert message.to == [("Zoë, Ünicode", "zoe@example.com")]
+    assert addresses(built(message), "To") == message.to
+
+
+def test_a_display_name_with_a_stray_encoded_word_marker_is_rejected() -> None:
+    with pytest.raises(InvalidInput, match=r"invalid address: to display name contains '=\?'"):
+        message_with(to='"a =?b" <a@example.com>')
+
+
+def test_an_address_list_the_stdlib_parser_chokes_on_is_rejected() -> None:
+    """``email.headerregistry`` raises AttributeError on this group syntax (a CPython bug)."""
+    with pytest.raises(InvalidInput, match="invalid address: "):
+        message_with(to="=?:;<a@example.com>")
+
+
+def test_spaces_readers_would_not_show_are_dropped_at_intake() -> None:
+    message = message_with(
+        to='"  Ada   Lovelace " <ada@example.com>',
+        subject="  hello  ",
+        headers={"X-Tag": " v "},
+        attachments=[{"filename": " report.pdf  ", "storage_path": "base64:SGk="}],
+    )
+    assert message.to == [("Ada Lovelace", "ada@example.com")]
+    assert (message.subject, message.headers) == ("hello", {"X-Tag": "v"})
+    assert message.attachments[0].filename == "report.pdf"
+    assert_reads_back(message, built(message))
+
+
+@pytest.mark.parametrize("brk", ["\x1e", "\x85", "\u2028", "\x0b"], ids=repr)
+def test_characters_readers_break_lines_at_are_rejected_in_headers(brk: str) -> None:
+    with pytest.raises(InvalidInput, match="invalid header: Subject contains"):
+        message_with(subject=f"a{brk}b")
+
+
+@pytest.mark.parametrize("text", ["x" * 2000, "é" * 2000, "a%b" * 400, "東" * 300])
+def test_long_header_text_stays_within_the_line_limit(text: str) -> None:
+    """Once: a 2,000-character word went out as a 2,000-octet line (the limit is 998)."""
+    message = message_with(
+        subject=text,
+        headers={"X-Long": text},
+        attachments=[{"filename": text, "storage_path": "base64:SGk="}],
+        to=[f'"{text[:300]}" <r@example.com>', "josé@example.com"],
+    )
+    mail = built(message)  # asserts the line limit
+    assert str(mail["Subject"]) == text and str(mail["X-Long"]) == text
+    assert [p.get_filename() for p in mail.iter_attachments()] == [text]
