@@ -109,6 +109,7 @@ RESERVED_HEADERS = frozenset(
         "sender",
     }
 )
+MAX_HEADER_NAME = 76  # RFC 5322 asks for lines of at most 78 characters
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 field name: printable ASCII but ':'
 _CONTROL = re.compile(r"[\r\n\x00]")
 # What may not appear in header text (subject, header values, display names, filenames):
@@ -308,7 +309,11 @@ def _headers(raw: dict[str, str | int | float] | None) -> dict[str, str]:
     headers: dict[str, str] = {}
     for name, value in (raw or {}).items():
         if not _HEADER_NAME.fullmatch(name):
-            raise InvalidInput(f"invalid header: {name!r} is not a valid header name")
+            raise InvalidInput(f"invalid header: {name[:80]!r} is not a valid header name")
+        if len(name) > MAX_HEADER_NAME:  # the name and its value must fit a 998-octet line
+            raise InvalidInput(
+                f"invalid header: {name[:20]}... is longer than {MAX_HEADER_NAME} characters"
+            )
         if name.lower() in RESERVED_HEADERS:
             raise InvalidInput(f"invalid header: {name} may not be set through headers")
         text = str(value).strip()

@@ -107,3 +107,13 @@ def test_tab_and_ordinary_unicode_are_not_injection() -> None:
     )
     assert parsed.subject == "a\tb — ü"
     assert parsed.headers == {"X-Note": "naïve\tx"}
+
+
+def test_a_header_name_longer_than_a_line_is_rejected() -> None:
+    name = "X-" + "a" * 75
+    assert rejection(headers={name: "v"}) == (
+        "invalid header: X-aaaaaaaaaaaaaaaaaa... is longer than 76 characters"
+    )
+    assert parse_message(
+        {**message("m1"), "headers": {name[:76]: "v"}}, default_priority=2, default_account=None
+    ).headers == {name[:76]: "v"}
