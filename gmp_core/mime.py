@@ -28,6 +28,7 @@ from gmp_core.models import Address, Attachment, OutgoingMessage
 _MAX_LINE = 998  # RFC 5322 §2.1.1: longer lines must be encoded
 _LONG_WORD = 900  # a word longer than this cannot share a line of 998 with a header name
 _PARAM_CHUNK = 60  # characters of a filename parameter per line
+_RFC2231_UTF8 = "utf-8''"  # charset and (empty) language of an RFC 2231 value
 
 
 class _Policy(Compat32):
@@ -157,7 +158,7 @@ def _disposition(name: str) -> str:
         return f'attachment; filename="{email.utils.quote(name)}"'
     encoded = urllib.parse.quote(name, safe="")
     if len(encoded) <= _PARAM_CHUNK:
-        return f"attachment; filename*=utf-8''{encoded}"
+        return f"attachment; filename*={_RFC2231_UTF8}{encoded}"
     chunks, start = [], 0
     while start < len(encoded):
         end = min(start + _PARAM_CHUNK, len(encoded))
@@ -166,11 +167,8 @@ def _disposition(name: str) -> str:
             end = percent
         chunks.append(encoded[start:end])
         start = end
-    params = [
-        f"filename*{i}*={'utf-8' + chr(39) * 2 if i == 0 else ''}{chunk}"
-        for i, chunk in enumerate(chunks)
-    ]
-    return "attachment; " + "; ".join(params)
+    chunks[0] = _RFC2231_UTF8 + chunks[0]  # the charset is named in the first part only
+    return "attachment; " + "; ".join(f"filename*{i}*={c}" for i, c in enumerate(chunks))
 
 
 def _needs_encoding(text: str) -> bool:
@@ -202,7 +200,9 @@ def _address(address: Address, folded: bool = False) -> str:
         if not name.isascii() and len(single) <= _LONG_WORD:
             return single
         words = Header(name, "utf-8").encode()  # one word a line: "=?...?=\n =?...?="
-        return f"{words if folded else words.replace(chr(10), '')} <{addr}>"
+        if not folded:  # the folder decides where the lines break
+            words = words.replace("\n", "")
+        return f"{words} <{addr}>"
     # An internationalised address (sent with SMTPUTF8) goes as raw UTF-8 (RFC 6532): the
     # compat32 generator writes surrogate-escaped text through unchanged.
     text = f'"{email.utils.quote(name)}" <{addr}>' if name else addr
