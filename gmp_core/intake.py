@@ -7,6 +7,7 @@ is rejected alone with a reason the client can act on ("missing to", "invalid ad
 
 from __future__ import annotations
 
+import email.policy
 import email.utils
 import re
 from functools import lru_cache
@@ -18,6 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gmp_core.models import PRIORITY_LABELS, Account, Address, Attachment, Message, TlsMode
 
 M = TypeVar("M", bound=BaseModel)
+
+# The largest integer a database column holds (SQLite INTEGER, PostgreSQL BIGINT): a bigger
+# one must be a validation error naming the field, not an overflow in the store.
+MAX_INT = 2**63 - 1
 
 
 class InvalidInput(ValueError):
@@ -56,7 +61,9 @@ class MessageIn(BaseModel):
     message_id: str | None = None
     attachments: list[AttachmentIn] | None = None
     priority: int | str | None = Field(None, description="0-3 or immediate|high|medium|low")
-    deferred_ts: float | None = Field(None, ge=0, description="unix seconds, not before")
+    deferred_ts: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="unix seconds, not before"
+    )
 
 
 class AccountIn(BaseModel):
@@ -71,13 +78,13 @@ class AccountIn(BaseModel):
     password: str | None = None
     tls: TlsMode | None = None
     use_tls: bool | None = Field(None, description="legacy: true -> ssl on 465, else starttls")
-    limit_per_minute: int | None = Field(None, ge=0)
-    limit_per_hour: int | None = Field(None, ge=0)
-    limit_per_day: int | None = Field(None, ge=0)
+    limit_per_minute: int | None = Field(None, ge=0, le=MAX_INT)
+    limit_per_hour: int | None = Field(None, ge=0, le=MAX_INT)
+    limit_per_day: int | None = Field(None, ge=0, le=MAX_INT)
     limit_behavior: Literal["defer", "reject"] = "defer"
-    batch_size: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1, le=MAX_INT)
     max_connections: int = Field(4, ge=1, le=100)
-    ttl: float = Field(300.0, ge=0)
+    ttl: float = Field(300.0, ge=0, allow_inf_nan=False)
     transport: str = "smtp"
 
 
@@ -102,14 +109,25 @@ RESERVED_HEADERS = frozenset(
         "sender",
     }
 )
+MAX_HEADER_NAME = 76  # RFC 5322 asks for lines of at most 78 characters
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 field name: printable ASCII but ':'
 _CONTROL = re.compile(r"[\r\n\x00]")
+# What may not appear in header text (subject, header values, display names, filenames):
+# CR, LF and NUL, which would end or cut the header, and every other control character, which
+# Python's email package (like other readers) also treats as a line break (\x0b, \x0c,
+# \x1c-\x1e, \x85, U+2028, U+2029) or drops. Tab is folding whitespace and stays allowed.
+_HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+CONTROL_REASON = "contains CR, LF, NUL or another control character"
 
 
-def parse_priority(value: int | str | None) -> int | None:
+def parse_priority(value: object) -> int | None:
     """0-3, a label, or a numeric string; ``None`` stays ``None`` (use a default)."""
     if value is None:
         return None
+    if isinstance(value, bool) or not isinstance(value, int | str):  # a list, an object...
+        raise InvalidInput(
+            f"invalid priority: {value!r:.40} (use 0-3 or immediate|high|medium|low)"
+        )
     if isinstance(value, str):
         label = value.strip().lower()
         if label in PRIORITY_LABELS:
@@ -136,8 +154,8 @@ def parse_message(
     The account is not looked up here (that needs the store); the caller checks it exists.
     """
     data = _validated(MessageIn, item, "each message")
-    if _CONTROL.search(data.id):
-        raise InvalidInput("invalid id: contains CR, LF or NUL")
+    if _HEADER_CONTROL.search(data.id):  # it goes out as the X-GMP-ID header
+        raise InvalidInput(f"invalid id: {CONTROL_REASON}")
     account_id = data.account_id or default_account
     if not account_id:
         raise InvalidInput("missing account_id (and no default account is configured)")
@@ -157,7 +175,9 @@ def parse_message(
         bcc=_addresses(data.bcc, "bcc"),
         reply_to=_one_address(data.reply_to, "reply_to") if data.reply_to else None,
         return_path=_one_address(data.return_path, "return_path")[1] if data.return_path else None,
-        subject=data.subject,
+        # A reader never shows spaces around a header's text: dropped here, so the subject
+        # stored is the subject received (the same for header values and display names).
+        subject=data.subject.strip(),
         body=data.body,
         content_type=data.content_type,
         html=data.html,
@@ -191,8 +211,8 @@ def _describe(exc: ValidationError) -> str:
 
 
 def _no_control(value: str, field: str) -> None:
-    if _CONTROL.search(value):
-        raise InvalidInput(f"invalid header: {field} contains CR, LF or NUL")
+    if _HEADER_CONTROL.search(value):
+        raise InvalidInput(f"invalid header: {field} {CONTROL_REASON}")
 
 
 def _addresses(value: str | list[str] | None, field: str) -> list[Address]:
@@ -204,12 +224,19 @@ def _addresses(value: str | list[str] | None, field: str) -> list[Address]:
     for item in items:
         if not item.strip():
             continue
-        if _CONTROL.search(item):
-            raise InvalidInput(f"invalid address: {field} contains CR, LF or NUL")
+        if _HEADER_CONTROL.search(item):
+            raise InvalidInput(f"invalid address: {field} {CONTROL_REASON}")
         for name, addr in _split_addresses(item):
             if not addr or not _valid_addr_spec(addr):
                 raise InvalidInput(f"invalid address: {item}")
-            result.append((name, addr))
+            if _HEADER_CONTROL.search(name):  # =0D=0A inside an encoded word
+                raise InvalidInput(f"invalid address: {field} {CONTROL_REASON}")
+            if "=?" in name:  # left after decoding: readers would each show it differently
+                raise InvalidInput(
+                    f"invalid address: {field} display name contains '=?' outside an encoded word"
+                )
+            # Readers collapse runs of spaces in a display name and drop them at its ends.
+            result.append((" ".join(name.split()), addr))
     return result
 
 
@@ -223,10 +250,26 @@ def _split_addresses(item: str) -> list[Address]:
     simple = _BARE_ADDRESS.fullmatch(item)
     if simple:
         return [("", simple.group(1))]
+    if "=?" in item:
+        return _read_as_a_mail_reader(item)
     named = _NAMED_ADDRESS.fullmatch(item)
     if named:
         return [(named.group(1), named.group(2))]
     return email.utils.getaddresses([item])
+
+
+def _read_as_a_mail_reader(item: str) -> list[Address]:
+    """Addresses with RFC 2047 encoded words in their display names, decoded.
+
+    Clients that build addresses with ``email.utils.formataddr`` send non-ASCII names encoded
+    (``=?utf-8?b?...?=``). The stdlib's modern header parser decodes them exactly as a mail
+    reader would (text that only looks like an encoded word stays as is), so the name stored
+    is the name recipients see; the builder encodes it again."""
+    try:
+        header = email.policy.default.header_factory("To", item)
+    except Exception:  # the parser has bugs of its own on broken input (a Group where an
+        return [("", "")]  # address should be): that is not an address list either
+    return [(a.display_name, a.addr_spec) for a in header.addresses]
 
 
 def _one_address(value: str, field: str) -> Address:
@@ -266,10 +309,14 @@ def _headers(raw: dict[str, str | int | float] | None) -> dict[str, str]:
     headers: dict[str, str] = {}
     for name, value in (raw or {}).items():
         if not _HEADER_NAME.fullmatch(name):
-            raise InvalidInput(f"invalid header: {name!r} is not a valid header name")
+            raise InvalidInput(f"invalid header: {name[:80]!r} is not a valid header name")
+        if len(name) > MAX_HEADER_NAME:  # the name and its value must fit a 998-octet line
+            raise InvalidInput(
+                f"invalid header: {name[:20]}... is longer than {MAX_HEADER_NAME} characters"
+            )
         if name.lower() in RESERVED_HEADERS:
             raise InvalidInput(f"invalid header: {name} may not be set through headers")
-        text = str(value)
+        text = str(value).strip()
         _no_control(text, name)
         headers[name] = text
     return headers
@@ -280,14 +327,19 @@ def _message_id(value: str | None, sender: Address, domain: str | None) -> str:
         # Generated once here and stored, so every retry carries the same Message-ID.
         return email.utils.make_msgid(domain=domain or sender[1].rpartition("@")[2])
     value = value.strip()
-    if _CONTROL.search(value) or " " in value or "@" not in value:
+    if _HEADER_CONTROL.search(value):
+        raise InvalidInput(f"invalid message_id: {CONTROL_REASON}")
+    if any(c.isspace() for c in value) or "@" not in value:
         raise InvalidInput("invalid message_id: expected <local@domain>")
     return value if value.startswith("<") else f"<{value}>"
 
 
 def _attachment(item: AttachmentIn) -> Attachment:
     _no_control(item.filename, "attachment filename")
-    if not item.filename.strip():
+    # Mail readers drop spaces around a filename parameter: so does intake, so the name stored
+    # is the name received.
+    filename = item.filename.strip()
+    if not filename:
         raise InvalidInput("invalid attachments: filename is empty")
     volume, sep, subpath = item.storage_path.partition(":")
     if not sep or not volume or not subpath:
@@ -296,7 +348,7 @@ def _attachment(item: AttachmentIn) -> Attachment:
         )
     if item.mime_type is not None and not re.fullmatch(r"[\w.+-]+/[\w.+-]+", item.mime_type):
         raise InvalidInput(f"invalid mime_type: {item.mime_type!r}")
-    return Attachment(item.filename, item.storage_path, item.mime_type)
+    return Attachment(filename, item.storage_path, item.mime_type)
 
 
 # ---------------------------------------------------------------- accounts

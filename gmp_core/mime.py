@@ -15,6 +15,7 @@ import email.quoprimime
 import email.utils
 import mimetypes
 import secrets
+import urllib.parse
 from collections.abc import Sequence
 from email.header import Header
 from email.mime.base import MIMEBase
@@ -25,17 +26,25 @@ from email.policy import Compat32
 from gmp_core.models import Address, Attachment, OutgoingMessage
 
 _MAX_LINE = 998  # RFC 5322 §2.1.1: longer lines must be encoded
+_LONG_WORD = 900  # a word longer than this cannot share a line of 998 with a header name
+_PARAM_CHUNK = 60  # characters of a filename parameter per line
+_RFC2231_UTF8 = "utf-8''"  # charset and (empty) language of an RFC 2231 value
 
 
 class _Policy(Compat32):
     """compat32 without its slow path for headers that need no folding: it builds and
-    encodes an ``email.header.Header`` for every header, a third of the cost of a mail."""
+    encodes an ``email.header.Header`` for every header, a third of the cost of a mail.
+
+    ASCII text that fits in one line of 998 octets (the RFC 5322 limit) stays on one line:
+    compat32 would fold a long first word onto a line of its own ("Subject:\n xxx...") and
+    readers then show the subject with a leading space."""
 
     def _fold(self, name: str, value: object, sanitize: bool) -> str:
         if (
             isinstance(value, str)
             and value.isascii()
-            and len(name) + len(value) + 2 <= (self.max_line_length or 78)
+            and "\n" not in value
+            and len(name) + len(value) + 2 <= _MAX_LINE
         ):
             return f"{name}: {value}{self.linesep}"
         folded: str = super()._fold(name, value, sanitize)  # type: ignore[misc]
@@ -135,27 +144,74 @@ def _attachment_part(attachment: Attachment, placeholder: str) -> MIMEBase:
     part = MIMEBase(maintype, subtype, policy=POLICY)
     part["Content-Transfer-Encoding"] = "base64"
     part.set_payload(placeholder)
-    name = attachment.filename
-    # Non-ASCII names use RFC 2231 encoding (filename*=utf-8''...).
-    filename: str | tuple[str, str, str] = name if name.isascii() else ("utf-8", "", name)
-    part.add_header("Content-Disposition", "attachment", filename=filename)
+    part["Content-Disposition"] = _disposition(attachment.filename)
     return part
 
 
+def _disposition(name: str) -> str:
+    """``attachment; filename=...``: plain for short ASCII names; else RFC 2231 encoded
+    (``filename*=utf-8''...``), which keeps non-ASCII names and names with "=?" (readers
+    would decode that as an RFC 2047 encoded word) as they are. A long name is cut into
+    numbered continuations (``filename*0*=...; filename*1*=...``) so the folder can keep
+    every line under the 998-octet limit of RFC 5322."""
+    if not _needs_encoding(name) and len(name) <= _PARAM_CHUNK:
+        return f'attachment; filename="{email.utils.quote(name)}"'
+    encoded = urllib.parse.quote(name, safe="")
+    if len(encoded) <= _PARAM_CHUNK:
+        return f"attachment; filename*={_RFC2231_UTF8}{encoded}"
+    chunks, start = [], 0
+    while start < len(encoded):
+        end = min(start + _PARAM_CHUNK, len(encoded))
+        percent = encoded.rfind("%", end - 2, end)  # never cut a %XX in two
+        if percent != -1 and end < len(encoded):
+            end = percent
+        chunks.append(encoded[start:end])
+        start = end
+    chunks[0] = _RFC2231_UTF8 + chunks[0]  # the charset is named in the first part only
+    return "attachment; " + "; ".join(f"filename*{i}*={c}" for i, c in enumerate(chunks))
+
+
+def _needs_encoding(text: str) -> bool:
+    """Whether header text must go as RFC 2047 encoded words: non-ASCII; containing "=?"
+    (written as is, a reader would decode a literal ``=?utf-8?q?x?=`` into ``x``); or with
+    a word too long for any line (the folder breaks lines only between words)."""
+    return (
+        not text.isascii()
+        or "=?" in text
+        or (len(text) > _LONG_WORD and any(len(w) > _LONG_WORD for w in text.split()))
+    )
+
+
 def _header_value(value: str) -> str | Header:
-    """Non-ASCII header text as RFC 2047 encoded words (compat32 accepts a Header)."""
-    return value if value.isascii() else Header(value, "utf-8")
+    """Header text, as RFC 2047 encoded words when it needs them (compat32 accepts a Header)."""
+    return Header(value, "utf-8") if _needs_encoding(value) else value
 
 
-def _address(address: Address) -> str:
-    if address[1].isascii():
-        return email.utils.formataddr(address, charset="utf-8")  # name as encoded words
+def _address(address: Address, folded: bool = False) -> str:
+    name, addr = address
+    if addr.isascii():
+        if not _needs_encoding(name):
+            return email.utils.formataddr(address)
+        # formataddr makes the name one encoded word, of any length: the line must stay
+        # under 998 octets. A longer name goes as several words of at most 75 characters,
+        # which the folder puts on lines of their own (RFC 2047 §6.2: readers join them;
+        # Python's own parser wrongly shows a space between them).
+        single = email.utils.formataddr(address, charset="utf-8")
+        if not name.isascii() and len(single) <= _LONG_WORD:
+            return single
+        words = Header(name, "utf-8").encode()  # one word a line: "=?...?=\n =?...?="
+        if not folded:  # the folder decides where the lines break
+            words = words.replace("\n", "")
+        return f"{words} <{addr}>"
     # An internationalised address (sent with SMTPUTF8) goes as raw UTF-8 (RFC 6532): the
     # compat32 generator writes surrogate-escaped text through unchanged.
-    name, addr = address
     text = f'"{email.utils.quote(name)}" <{addr}>' if name else addr
     return text.encode().decode("ascii", "surrogateescape")
 
 
 def _address_list(addresses: Sequence[Address]) -> str:
-    return ", ".join(map(_address, addresses))
+    if all(addr.isascii() for _, addr in addresses):
+        return ", ".join(map(_address, addresses))
+    # The generator does not fold raw UTF-8 (surrogate-escaped) text: fold it here, one
+    # address a line, or a long list would make a line over the 998-octet limit.
+    return ",\n ".join(_address(address, folded=True) for address in addresses)

@@ -153,11 +153,17 @@ async def read_json() -> Any:
     if not raw.strip():
         return {}
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_not_json)
     except UnicodeDecodeError as exc:
         raise BadRequest(f"invalid JSON body: not UTF-8 (byte {exc.start})") from None
     except ValueError as exc:
         raise BadRequest(f"invalid JSON body: {exc}") from None
+
+
+def _not_json(constant: str) -> None:
+    """Python's json module accepts NaN and Infinity, which JSON does not have: a deferral
+    "until Infinity" must be a 400, not an overflow later on."""
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 async def read_body(model: type[M]) -> M:

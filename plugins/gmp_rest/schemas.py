@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gmp_core.intake import AccountIn, MessageIn
+from gmp_core.intake import MAX_INT, AccountIn, MessageIn
 
 Status = Literal["queued", "scheduled", "sending", "sent", "error"]
 
@@ -32,7 +32,10 @@ class DeleteMessagesBody(BaseModel):
 
 class CleanupBody(BaseModel):
     older_than_seconds: float | None = Field(
-        None, ge=0, description="default: [service] delivery_report_retention_seconds"
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="default: [service] delivery_report_retention_seconds",
     )
 
 
@@ -58,7 +61,9 @@ class ListMessagesQuery(BaseModel):
     status: Status | None = None
     account_id: str | None = None
     limit: int = Field(100, ge=1, le=1000)
-    cursor: int | None = Field(None, description="next_cursor of the previous page")
+    cursor: int | None = Field(
+        None, ge=0, le=MAX_INT, description="next_cursor of the previous page"
+    )
 
 
 class DeleteAccountQuery(BaseModel):

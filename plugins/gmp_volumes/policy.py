@@ -64,7 +64,7 @@ async def _check_endpoint(url: str, granted: Sequence[Network]) -> None:
         infos = await asyncio.get_running_loop().getaddrinfo(
             parts.hostname, parts.port or 443, type=socket.SOCK_STREAM
         )
-    except socket.gaierror:
+    except (socket.gaierror, UnicodeError):  # UnicodeError: no host name at all ("x..y")
         raise InvalidInput(f"config.endpoint_url: cannot resolve {parts.hostname}") from None
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
