@@ -176,9 +176,8 @@ class Dispatcher:
         if not self.service.active:
             return False
         urgent, self._urgent = self._urgent, False
-        room = self.capacity - len(self._held)
         if self._has_room():
-            limit, max_priority = room, 3
+            limit, max_priority = self.capacity - self._unsent(), 3
         elif urgent:  # the immediate lane: only priority 0, even with a full pipeline
             limit, max_priority = self.settings.max_concurrent_sends, IMMEDIATE
         else:
@@ -199,10 +198,14 @@ class Dispatcher:
         await self._admit(claims, now)
         return True
 
+    def _unsent(self) -> int:
+        """Claims in hand not yet sent. Those sent and only waiting for the recorder do not
+        count against the pipeline: they would starve the lanes."""
+        return len(self._held) - self._recorder.backlog
+
     def _has_room(self) -> bool:
-        """Claim again once the pipeline is half empty: claims stay batched. Messages already
-        sent and only waiting for the recorder do not count: they would starve the lanes."""
-        return len(self._held) - self._recorder.backlog <= self.capacity // 2
+        """Claim again once the pipeline is half empty: claims stay batched."""
+        return self._unsent() <= self.capacity // 2
 
     async def _idle(self) -> None:
         """Sleep until woken, until the next scheduled message is due, or at most
