@@ -107,3 +107,32 @@ async def test_the_transport_pipelines_when_offered(
     assert protocols, "the connection went back to the pool"
     offered = sink._pipelining
     assert all(isinstance(p, PipeliningProtocol) == offered for p in protocols)
+
+
+async def stall(writer: asyncio.StreamWriter, data: bytes) -> None:
+    await asyncio.Event().wait()  # never answers
+
+
+async def test_a_silent_server_times_out_the_whole_exchange() -> None:
+    server = ScriptedServer(stall)
+    port = await server.start()
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=10)
+    await smtp.connect()
+    await smtp.ehlo()
+    with pytest.raises(aiosmtplib.SMTPTimeoutError):
+        await send_pipelined(smtp, b"FROM:<a@example.com>", [b"TO:<b@example.com>"], b"x", 0.2)
+    smtp.close()
+    assert server.server is not None
+    server.server.close()
+
+
+async def test_bare_line_ends_are_sent_as_crlf(scripted: tuple[ScriptedServer, int]) -> None:
+    server, port = scripted
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=10)
+    await smtp.connect()
+    await smtp.ehlo()
+    message = b"Subject: x\n\nline one\rline two\n.dot"
+    rcpts = [b"TO:<b@example.com>", b"TO:<nobody@example.com>"]  # the script answers two
+    await send_pipelined(smtp, b"FROM:<a@example.com>", rcpts, message, 10)
+    assert server.received == b"Subject: x\r\n\r\nline one\r\nline two\r\n..dot\r\n.\r\n"
+    await smtp.quit()

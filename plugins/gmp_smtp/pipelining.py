@@ -14,10 +14,12 @@ server that pipelines.)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from aiosmtplib import SMTP, SMTPResponse, SMTPServerDisconnected
+from aiosmtplib import SMTP, SMTPReadTimeoutError, SMTPResponse, SMTPServerDisconnected
 from aiosmtplib.protocol import PERIOD_REGEX, SMTPProtocol, normalize_message_line_endings
 
 START_INPUT = 354
@@ -48,12 +50,12 @@ class PipeliningProtocol(SMTPProtocol):
             if response is not None:
                 waiter.set_result(response)
 
-    async def read_pipelined(self, timeout: float | None) -> SMTPResponse:
+    async def read_pipelined(self) -> SMTPResponse:
         """The next reply: one already buffered, else the next to arrive."""
         response = self._read_response_from_buffer()
         if response is not None:
             return response
-        return await self.read_response(timeout=timeout)
+        return await self.read_response()
 
 
 @dataclass(slots=True)
@@ -81,15 +83,15 @@ async def send_pipelined(
     lock = protocol._command_lock
     if lock is None:
         raise SMTPServerDisconnected("Server not connected")
-    async with lock:
+    async with lock, _deadline(timeout):  # one timer for the whole exchange, not one a reply
         protocol.pipelining = True
         try:
             try:
                 protocol.write(b"\r\n".join(commands) + b"\r\n")
-                replies = [await protocol.read_pipelined(timeout)]
+                replies = [await protocol.read_pipelined()]
             except SMTPServerDisconnected as exc:
                 raise NothingAnswered(str(exc)) from exc
-            replies += [await protocol.read_pipelined(timeout) for _ in commands[1:]]
+            replies += [await protocol.read_pipelined() for _ in commands[1:]]
         finally:
             protocol.pipelining = False
         mail, rcpt, data = replies[0], replies[1:-1], replies[-1]
@@ -100,7 +102,7 @@ async def send_pipelined(
         # sender or recipient, end it at once (RFC 2920 §3.1); the server discards it.
         body = _data_bytes(message) if accepted else b".\r\n"
         protocol.write(body)
-        final = await protocol.read_response(timeout=timeout)
+        final = await protocol.read_response()
         return PipelinedReplies(mail, rcpt, final, sent=accepted)
 
 
@@ -114,6 +116,24 @@ def _pipelining_protocol(smtp: SMTP) -> PipeliningProtocol:
     return protocol
 
 
+@contextlib.asynccontextmanager
+async def _deadline(seconds: float | None) -> AsyncIterator[None]:
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError as exc:
+        raise SMTPReadTimeoutError("Timed out waiting for server response") from exc
+
+
 def _data_bytes(message: bytes) -> bytes:
-    """The message as DATA carries it: CRLF line ends, leading dots doubled, the end mark."""
-    return PERIOD_REGEX.sub(b"..", normalize_message_line_endings(message)) + b".\r\n"
+    """The message as DATA carries it: CRLF line ends, leading dots doubled, the end mark.
+
+    Our MIME builder already ends every line with CRLF and rarely starts one with a dot: two
+    quick counts and a search spare the two regular-expression passes (a few % of a send).
+    """
+    crlf = message.count(b"\r\n")
+    if not (message.count(b"\n") == crlf == message.count(b"\r") and message.endswith(b"\r\n")):
+        message = normalize_message_line_endings(message)
+    if message.startswith(b".") or b"\n." in message:
+        message = PERIOD_REGEX.sub(b"..", message)
+    return message + b".\r\n"
