@@ -14,6 +14,7 @@ import binascii
 import email.quoprimime
 import email.utils
 import mimetypes
+import re
 import secrets
 import urllib.parse
 from collections.abc import Sequence
@@ -51,7 +52,10 @@ class _Policy(Compat32):
         return folded
 
 
-POLICY = _Policy()
+# CRLF line ends, as SMTP sends them: the transport need not rewrite every line.
+POLICY = _Policy(linesep="\r\n")
+_CRLF = b"\r\n"
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 def build_mime(
@@ -60,7 +64,8 @@ def build_mime(
     *,
     date: float | None = None,
 ) -> bytes:
-    """The message's bytes: Date, Message-ID and X-GMP-ID always; Bcc never."""
+    """The message's bytes, in SMTP's canonical form (CRLF line ends): Date, Message-ID and
+    X-GMP-ID always; Bcc never."""
     message = outgoing.message
     body = _text_part(message.body, "html" if message.content_type == "html" else "plain")
     if message.html is not None and message.content_type == "plain":
@@ -88,9 +93,12 @@ def build_mime(
     root["X-GMP-ID"] = message.id
     for name, value in (*message.headers.items(), *outgoing.extra_headers.items()):
         root[name] = _header_value(value)  # type: ignore[assignment]
+    data = root.as_bytes()
+    if data.count(b"\n") != data.count(b"\r\n"):  # a header we folded ourselves, with "\n"
+        data = _BARE_LF.sub(b"\r\n", data)
     if not attachments:
-        return root.as_bytes()
-    return _splice(root.as_bytes(), placeholders, [data for _, data in attachments])
+        return data
+    return _splice(data, placeholders, [content for _, content in attachments])
 
 
 def _splice(template: bytes, placeholders: Sequence[str], contents: Sequence[bytes]) -> bytes:
@@ -113,13 +121,13 @@ def _splice(template: bytes, placeholders: Sequence[str], contents: Sequence[byt
 
 def _append_base64(out: bytearray, data: bytes) -> None:
     """RFC 2045 base64 (what ``base64.encodebytes`` gives): lines of 76 characters, each
-    ending in a newline; encoded 1,024 lines at a time."""
+    ending in CRLF; encoded 1,024 lines at a time."""
     block = 57 * 1024  # 57 bytes make one 76-character line
     view = memoryview(data)
     for offset in range(0, len(data), block):
         encoded = binascii.b2a_base64(view[offset : offset + block], newline=False)
-        out += b"\n".join([encoded[i : i + 76] for i in range(0, len(encoded), 76)])
-        out += b"\n"
+        out += _CRLF.join([encoded[i : i + 76] for i in range(0, len(encoded), 76)])
+        out += _CRLF
 
 
 def _text_part(text: str, subtype: str) -> MIMENonMultipart:

@@ -19,7 +19,9 @@ def build(
 ) -> email.message.EmailMessage:
     parsed = parse_message(message("m1", **fields), default_priority=2, default_account=None)
     data = build_mime(OutgoingMessage(parsed, attempt=1), attachments or [])
-    result = email.message_from_bytes(data, policy=email.policy.default)
+    assert data.count(b"\n") == data.count(b"\r\n")  # SMTP's CRLF everywhere, no bare LF
+    # Read it as a mail store would, with local line ends (Python's parser keeps CR in text).
+    result = email.message_from_bytes(data.replace(b"\r\n", b"\n"), policy=email.policy.default)
     assert isinstance(result, email.message.EmailMessage)
     return result
 

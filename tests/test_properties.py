@@ -155,8 +155,10 @@ def parse(item: dict[str, Any]) -> Message:
 def built(message: Message) -> email.message.EmailMessage:
     attachments = [(a, b"content") for a in message.attachments]
     data = build_mime(OutgoingMessage(message, attempt=1), attachments)
-    # RFC 5322 §2.1.1: no line over 998 octets (servers refuse or cut such mail).
-    assert max(len(line) for line in data.split(b"\n")) <= 998
+    # RFC 5322 §2.1.1: no line over 998 octets (servers refuse or cut such mail); CRLF ends.
+    assert data.count(b"\n") == data.count(b"\r\n")
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+    data = data.replace(b"\r\n", b"\n")  # as a mail store keeps it (the parser keeps CR)
     # An internationalised address travels as raw UTF-8 (RFC 6532, sent with SMTPUTF8);
     # the stdlib's bytes parser would leave it surrogate-escaped, so such a mail is read as
     # text (its parts are 7bit, quoted-printable or base64: the rest is ASCII anyway).

@@ -15,8 +15,7 @@ server that pipelines.)
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiosmtplib import SMTP, SMTPReadTimeoutError, SMTPResponse, SMTPServerDisconnected
@@ -78,32 +77,41 @@ async def send_pipelined(
     recipient. The arguments are complete command arguments, already validated."""
     protocol = _pipelining_protocol(smtp)
     commands = [b"MAIL " + mail_from, *(b"RCPT " + rcpt for rcpt in rcpt_tos), b"DATA"]
-    if any(b"\r" in c or b"\n" in c for c in commands):
+    batch = b"\r\n".join(commands) + b"\r\n"
+    if batch.count(b"\n") != len(commands) or batch.count(b"\r") != len(commands):
         raise ValueError("SMTP command contains a line break")
     lock = protocol._command_lock
     if lock is None:
         raise SMTPServerDisconnected("Server not connected")
-    async with lock, _deadline(timeout):  # one timer for the whole exchange, not one a reply
-        protocol.pipelining = True
+    try:
+        async with lock, asyncio.timeout(timeout):  # one timer for the exchange, not one a reply
+            return await _exchange(protocol, commands, batch, message)
+    except TimeoutError as exc:
+        raise SMTPReadTimeoutError("Timed out waiting for server response") from exc
+
+
+async def _exchange(
+    protocol: PipeliningProtocol, commands: list[bytes], batch: bytes, message: bytes
+) -> PipelinedReplies:
+    protocol.pipelining = True
+    try:
         try:
-            try:
-                protocol.write(b"\r\n".join(commands) + b"\r\n")
-                replies = [await protocol.read_pipelined()]
-            except SMTPServerDisconnected as exc:
-                raise NothingAnswered(str(exc)) from exc
-            replies += [await protocol.read_pipelined() for _ in commands[1:]]
-        finally:
-            protocol.pipelining = False
-        mail, rcpt, data = replies[0], replies[1:-1], replies[-1]
-        if data.code != START_INPUT:
-            return PipelinedReplies(mail, rcpt, data, sent=False)
-        accepted = mail.code == 250 and any(r.code in (250, 251) for r in rcpt)
-        # DATA said go ahead: the server now reads a message whatever we meant. Without a
-        # sender or recipient, end it at once (RFC 2920 §3.1); the server discards it.
-        body = _data_bytes(message) if accepted else b".\r\n"
-        protocol.write(body)
-        final = await protocol.read_response()
-        return PipelinedReplies(mail, rcpt, final, sent=accepted)
+            protocol.write(batch)
+            replies = [await protocol.read_pipelined()]
+        except SMTPServerDisconnected as exc:
+            raise NothingAnswered(str(exc)) from exc
+        replies += [await protocol.read_pipelined() for _ in commands[1:]]
+    finally:
+        protocol.pipelining = False
+    mail, rcpt, data = replies[0], replies[1:-1], replies[-1]
+    if data.code != START_INPUT:
+        return PipelinedReplies(mail, rcpt, data, sent=False)
+    accepted = mail.code == 250 and any(r.code in (250, 251) for r in rcpt)
+    # DATA said go ahead: the server now reads a message whatever we meant. Without a sender
+    # or recipient, end it at once (RFC 2920 §3.1); the server discards it.
+    protocol.write(_data_bytes(message) if accepted else b".\r\n")
+    final = await protocol.read_response()
+    return PipelinedReplies(mail, rcpt, final, sent=accepted)
 
 
 def _pipelining_protocol(smtp: SMTP) -> PipeliningProtocol:
@@ -114,15 +122,6 @@ def _pipelining_protocol(smtp: SMTP) -> PipeliningProtocol:
         protocol.__class__ = PipeliningProtocol  # same object and state, two methods more
     assert isinstance(protocol, PipeliningProtocol)
     return protocol
-
-
-@contextlib.asynccontextmanager
-async def _deadline(seconds: float | None) -> AsyncIterator[None]:
-    try:
-        async with asyncio.timeout(seconds):
-            yield
-    except TimeoutError as exc:
-        raise SMTPReadTimeoutError("Timed out waiting for server response") from exc
 
 
 def _data_bytes(message: bytes) -> bytes:
