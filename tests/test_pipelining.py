@@ -55,6 +55,14 @@ async def byte_by_byte(writer: asyncio.StreamWriter, data: bytes) -> None:
         await writer.drain()
 
 
+async def greeted(port: int) -> aiosmtplib.SMTP:
+    """A client connection to the scripted server, past EHLO."""
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=10)
+    await smtp.connect()
+    await smtp.ehlo()
+    return smtp
+
+
 @pytest.fixture(params=[all_at_once, byte_by_byte], ids=["together", "byte-by-byte"])
 async def scripted(request: pytest.FixtureRequest) -> AsyncIterator[tuple[ScriptedServer, int]]:
     server = ScriptedServer(request.param)
@@ -66,9 +74,7 @@ async def scripted(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Script
 
 async def test_every_reply_reaches_its_command(scripted: tuple[ScriptedServer, int]) -> None:
     server, port = scripted
-    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=10)
-    await smtp.connect()
-    await smtp.ehlo()
+    smtp = await greeted(port)
     assert smtp.supports_extension("pipelining")
     replies = await send_pipelined(
         smtp,
@@ -116,9 +122,7 @@ async def stall(writer: asyncio.StreamWriter, data: bytes) -> None:
 async def test_a_silent_server_times_out_the_whole_exchange() -> None:
     server = ScriptedServer(stall)
     port = await server.start()
-    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=10)
-    await smtp.connect()
-    await smtp.ehlo()
+    smtp = await greeted(port)
     with pytest.raises(aiosmtplib.SMTPTimeoutError):
         await send_pipelined(smtp, b"FROM:<a@example.com>", [b"TO:<b@example.com>"], b"x", 0.2)
     smtp.close()
@@ -128,9 +132,7 @@ async def test_a_silent_server_times_out_the_whole_exchange() -> None:
 
 async def test_bare_line_ends_are_sent_as_crlf(scripted: tuple[ScriptedServer, int]) -> None:
     server, port = scripted
-    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=10)
-    await smtp.connect()
-    await smtp.ehlo()
+    smtp = await greeted(port)
     message = b"Subject: x\n\nline one\rline two\n.dot"
     rcpts = [b"TO:<b@example.com>", b"TO:<nobody@example.com>"]  # the script answers two
     await send_pipelined(smtp, b"FROM:<a@example.com>", rcpts, message, 10)
