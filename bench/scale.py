@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 from run import Proxy, call, payload, setup_account, smtp_sink
+
+from gmp_core.testing import postgresql_schema
 
 ADMIN_URL = os.environ.get(
     "GMP_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -32,26 +30,9 @@ DELAY = 0.020
 CONNECTIONS = 5
 
 
-@contextlib.asynccontextmanager
-async def fresh_schema() -> AsyncIterator[str]:
-    admin = await asyncpg.connect(ADMIN_URL)
-    with contextlib.suppress(asyncpg.DuplicateDatabaseError):
-        await admin.execute("CREATE DATABASE gmp_bench")
-    await admin.close()
-    database = ADMIN_URL.rsplit("/", 1)[0] + "/gmp_bench"
-    schema = f"b_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(database)
-    await conn.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{database}?search_path={schema}"
-    finally:
-        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
-        await conn.close()
-
-
 async def run(processes: int, count: int, sink_port: int) -> float:
     """Messages per second from activation until all are sent."""
-    async with fresh_schema() as url:
+    async with postgresql_schema(ADMIN_URL, "gmp_bench") as url:
         with tempfile.TemporaryDirectory() as tmp:
             proxies = [Proxy(Path(tmp), CONNECTIONS, database_url=url) for _ in range(processes)]
             clients = [proxy.client() for proxy in proxies]

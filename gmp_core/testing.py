@@ -19,6 +19,7 @@ Plain helpers build test data: :func:`fast_tables`, :func:`account`, :func:`mess
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.message
 import email.policy
@@ -27,6 +28,7 @@ import json
 import random
 import ssl
 import time
+import uuid
 import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -62,6 +64,7 @@ __all__ = [
     "fast_tables",
     "merge",
     "message",
+    "postgresql_schema",
     "status_of",
     "wait_until",
 ]
@@ -341,6 +344,33 @@ class SmtpSink:
         if self.faults is None:
             return None
         return self.faults.plan(recipient, self.attempts[recipient])
+
+
+# ---------------------------------------------------------------------------- PostgreSQL
+
+
+@contextlib.asynccontextmanager
+async def postgresql_schema(admin_url: str, database: str) -> AsyncIterator[str]:
+    """A new, empty schema in ``database`` (created if missing, through ``admin_url``),
+    dropped afterwards; yields a URL whose connections see only that schema. For runs that
+    need a PostgreSQL store of their own (benchmarks, chaos runs); needs asyncpg."""
+    import asyncpg
+
+    admin = await asyncpg.connect(admin_url)
+    with contextlib.suppress(asyncpg.DuplicateDatabaseError):
+        await admin.execute(f"CREATE DATABASE {database}")
+    await admin.close()
+    url = admin_url.rsplit("/", 1)[0] + "/" + database
+    schema = f"s_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(url)
+    await conn.execute(f"CREATE SCHEMA {schema}")
+    await conn.close()
+    try:
+        yield f"{url}?search_path={schema}"
+    finally:
+        conn = await asyncpg.connect(url)  # a new one: an idle one may have been cut
+        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        await conn.close()
 
 
 # ---------------------------------------------------------------------------- report receiver

@@ -140,3 +140,21 @@ def test_a_plugin_authors_project_gets_the_fixtures(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
+
+
+async def test_postgresql_schema_is_fresh_and_dropped_after(postgres_database: str) -> None:
+    import asyncpg
+
+    from gmp_core.testing import postgresql_schema
+    from tests.conftest import POSTGRES_ADMIN_URL
+
+    async with postgresql_schema(POSTGRES_ADMIN_URL, "gmp_test") as url:
+        schema = url.rsplit("search_path=", 1)[1]
+        conn = await asyncpg.connect(url)
+        assert await conn.fetchval("SELECT current_schema()") == schema
+        await conn.execute("CREATE TABLE t (x int)")  # lands in the fresh schema
+        await conn.close()
+    conn = await asyncpg.connect(postgres_database)
+    left = await conn.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = $1", schema)
+    await conn.close()
+    assert left == 0

@@ -62,7 +62,6 @@ import random
 import signal
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -73,7 +72,7 @@ import httpx
 from gmp_sql import SqlSettings, SqlStore, gmp_make_store
 
 from gmp_core import Config
-from gmp_core.testing import Faults, SmtpSink
+from gmp_core.testing import Faults, SmtpSink, postgresql_schema
 from tests.chaos.faults import FAULTS
 from tests.processes import TOKEN, ServeProcess, post
 from tests.receiver import ReportReceiver
@@ -409,28 +408,6 @@ async def postgresql_sessions_gone(database_url: str, timeout: float = 30.0) -> 
         await conn.close()
 
 
-@contextlib.asynccontextmanager
-async def fresh_postgresql_schema(admin_url: str) -> AsyncIterator[str]:
-    """A new schema of database ``gmp_chaos`` (created if missing), dropped afterwards."""
-    import asyncpg
-
-    admin = await asyncpg.connect(admin_url)
-    with contextlib.suppress(asyncpg.DuplicateDatabaseError):
-        await admin.execute("CREATE DATABASE gmp_chaos")
-    await admin.close()
-    database = admin_url.rsplit("/", 1)[0] + "/gmp_chaos"
-    schema = f"chaos_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(database)
-    await conn.execute(f"CREATE SCHEMA {schema}")
-    await conn.close()
-    try:
-        yield f"{database}?search_path={schema}"
-    finally:
-        conn = await asyncpg.connect(database)  # a new one: an idle one may have been cut
-        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
-        await conn.close()
-
-
 async def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="SIGKILL a real gmp serve again and again.")
     parser.add_argument("--messages", type=int, default=3000)
@@ -454,7 +431,7 @@ async def main(argv: list[str] | None = None) -> None:
         options["faults"] = dataclasses.replace(FAULTS, seed=args.seed)
     timeout = max(120.0, args.messages / 10)
     if args.postgresql:
-        async with fresh_postgresql_schema(args.postgresql) as url:
+        async with postgresql_schema(args.postgresql, "gmp_chaos") as url:
             result = await run_chaos(**options, database_url=url, timeout=timeout)
     else:
         result = await run_chaos(**options, timeout=timeout)
