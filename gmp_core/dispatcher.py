@@ -79,7 +79,7 @@ class Dispatcher:
         self._urgent = False
         self._active_checked = time.monotonic()  # the service read the flag at start-up
         self._active_changes = 0
-        self._stopping = False
+        self._stop_requested = asyncio.Event()
         self._stopped = asyncio.Event()
         self._recorder = Recorder(self)
         self._tasks: list[asyncio.Task[None]] = []
@@ -104,13 +104,17 @@ class Dispatcher:
         return [t.get_name() for t in self._tasks if t.done() and not self._stopping]
 
     @property
+    def _stopping(self) -> bool:
+        return self._stop_requested.is_set()
+
+    @property
     def in_hand(self) -> int:
         return len(self._held)
 
     async def stop(self, timeout: float) -> None:
         """Stop claiming, give back what was not started, let sends in flight finish (within
         ``timeout``), and write every outcome."""
-        self._stopping = True
+        self._stop_requested.set()
         self._wake.set()
         claim_loop, recorder, lease_keeper = self._tasks
         await asyncio.gather(claim_loop, return_exceptions=True)
@@ -145,7 +149,7 @@ class Dispatcher:
             except Exception:  # the store is down, say: wait, then try again
                 outage.failed()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._until_stopping(), STORE_RETRY_DELAY)
+                    await asyncio.wait_for(self._stop_requested.wait(), STORE_RETRY_DELAY)
                 continue
             outage.recovered()
             if not claimed:
@@ -165,11 +169,6 @@ class Dispatcher:
         """This process just suspended or resumed sending (and wrote the flag)."""
         self._active_changes += 1
         self._active_checked = time.monotonic()
-
-    async def _until_stopping(self) -> None:
-        while not self._stopping:
-            await self._wake.wait()
-            self._wake.clear()
 
     async def _claim_once(self) -> bool:
         """Claim and admit one batch; False when there was nothing to do (or no room)."""
