@@ -2,8 +2,8 @@
 
 One attempt is MAIL FROM, one RCPT TO per recipient (refusals are collected one by one, so a
 message refused for some recipients still goes to the others and the refusals are reported),
-then DATA; pipelined (RFC 2920) when the server offers it. The core has built the bytes; this
-module only speaks SMTP.
+then DATA; pipelined (RFC 2920) when the server offers it (``transaction.py``). The core has
+built the bytes; this module only speaks SMTP.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from gmp_core import (
     setting,
 )
 from gmp_smtp.errors import failure, is_temporary, keeps_connection
-from gmp_smtp.pipelining import NothingAnswered, send_pipelined
 from gmp_smtp.pool import ConnectionPool
+from gmp_smtp.transaction import NothingAnswered, send_transaction
 
 log = logging.getLogger("gmp.smtp")
 
@@ -99,22 +99,14 @@ class SmtpTransport:
                     temporary=False,
                 )
             mail_from.append(b"SMTPUTF8")
-        if smtp.supports_extension("pipelining"):
-            return await self._pipelined(smtp, message, b" ".join(mail_from), reused)
-        return await self._one_by_one(smtp, message, mail_from, reused)
-
-    async def _pipelined(
-        self, smtp: aiosmtplib.SMTP, message: OutgoingMessage, mail_from: bytes, reused: bool
-    ) -> SendResult:
-        """Two round trips: the commands together, then the message."""
-        assert message.data is not None
         recipients = message.recipients
         try:
-            replies = await send_pipelined(
+            replies = await send_transaction(
                 smtp,
-                mail_from,
+                b" ".join(mail_from),
                 [_path(b"TO:", r) for r in recipients],
                 message.data,
+                pipelined=smtp.supports_extension("pipelining"),
                 timeout=smtp.timeout,
             )
         except NothingAnswered:
@@ -129,34 +121,10 @@ class SmtpTransport:
         if len(refused) == len(recipients):
             await smtp.rset()
             return _all_refused(refused)
+        assert replies.data is not None  # some recipient was accepted, so DATA went
         if not replies.sent or replies.data.code != 250:
             raise aiosmtplib.SMTPDataError(replies.data.code, replies.data.message)
         return _accepted(replies.data, refused)
-
-    async def _one_by_one(
-        self,
-        smtp: aiosmtplib.SMTP,
-        message: OutgoingMessage,
-        mail_from: list[bytes],
-        reused: bool,
-    ) -> SendResult:
-        """For servers without PIPELINING: a round trip per command."""
-        assert message.data is not None
-        recipients = message.recipients
-        try:
-            response = await smtp.execute_command(b"MAIL", *mail_from)
-        except aiosmtplib.SMTPServerDisconnected:
-            if reused:
-                raise _StaleConnection from None
-            raise
-        if response.code != 250:
-            raise aiosmtplib.SMTPSenderRefused(response.code, response.message, message.sender)
-        replies = [await smtp.execute_command(b"RCPT", _path(b"TO:", r)) for r in recipients]
-        refused = _refusals(zip(recipients, replies, strict=True))
-        if len(refused) == len(recipients):
-            await smtp.rset()
-            return _all_refused(refused)
-        return _accepted(await smtp.data(message.data), refused)
 
     async def _pool(self, account: Account) -> ConnectionPool:
         if self._local_hostname is None:
