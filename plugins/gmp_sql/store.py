@@ -57,6 +57,11 @@ secrets_log = logging.getLogger("gmp.secrets")
 
 ROWS_PER_STATEMENT = 400  # keeps every statement well under the bound-parameter limits
 SLOT_PRUNE_INTERVAL = 600.0
+# A claim reads this many queued rows per message it may take: past an account's batch_size
+# the rest of its rows are skipped, and the extra rows give other accounts their turn. Two
+# costs a third less per claim than four, and with per-account caps at least as large as a
+# claim (the default) the extra rows are never needed.
+CANDIDATES_PER_CLAIM = 2
 UNSENT = (State.QUEUED, State.SCHEDULED, State.SENDING)
 SCHEMA_LOCK_ID = 0x676D7001  # PostgreSQL advisory lock taken while creating the schema
 NEW_WORK_CHANNEL = "gmp_new_work"  # PostgreSQL NOTIFY channel: messages were queued
@@ -385,7 +390,15 @@ class SqlStore:
             self._sql(self._promote_sql, (now, now))
             rows = self._sql(
                 self._claim_sql,
-                (max_priority, limit * 4, default_batch_size, worker, lease_until, now, limit),
+                (
+                    max_priority,
+                    limit * CANDIDATES_PER_CLAIM,
+                    default_batch_size,
+                    worker,
+                    lease_until,
+                    now,
+                    limit,
+                ),
             )
             payloads = self._payloads([row[0] for row in rows])
         claims = [
