@@ -28,14 +28,26 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import ValidationInfo, field_validator
 
 from gmp_core import ConfigError, Settings, setting
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 PREFIX = "gmp:v1:"
+
+
+def _aes_gcm(key: bytes) -> AESGCM:
+    """Imported on first use: cryptography adds 6 MB to the process, which most deployments
+    (no key configured) never need."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key)
+
+
 KEY_BYTES = 32  # AES-256
 NONCE_BYTES = 12  # AES-GCM's standard nonce; random per value (2^32 values per key are safe)
 NEW_KEY_HINT = "make one with: gmp secrets new-key"
@@ -167,7 +179,7 @@ class Keyring:
         if self._current is None:
             return value
         nonce = os.urandom(NONCE_BYTES)
-        sealed = AESGCM(self._current).encrypt(nonce, value.encode(), place.aad)
+        sealed = _aes_gcm(self._current).encrypt(nonce, value.encode(), place.aad)
         token = base64.urlsafe_b64encode(nonce + sealed).decode()
         return f"{PREFIX}{self.current_id}:{token}"
 
@@ -183,9 +195,11 @@ class Keyring:
                 f"cannot decrypt {place.label}: it was encrypted with key {kid}, which is not "
                 "configured ([secrets] key, key_file or old_keys)"
             )
+        from cryptography.exceptions import InvalidTag
+
         try:
             blob = base64.urlsafe_b64decode(token.encode())
-            value = AESGCM(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], place.aad)
+            value = _aes_gcm(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], place.aad)
         except (InvalidTag, binascii.Error, ValueError):
             raise SecretError(
                 f"cannot decrypt {place.label} with key {kid}: the stored value was altered, "

@@ -15,9 +15,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
-
-from genro_storage import StorageManager
 
 from gmp_core import AttachmentError, ConfigError, InvalidInput, Service, VolumeRecord
 from gmp_volumes.definitions import VolumeDefinition, describe
@@ -26,6 +25,8 @@ from gmp_volumes.sources import Source, StorageSource
 from gmp_volumes.web import WebSource
 
 if TYPE_CHECKING:
+    from genro_storage import StorageManager
+
     from gmp_volumes import VolumesSettings
 
 log = logging.getLogger("gmp.volumes")
@@ -77,10 +78,17 @@ class VolumeRegistry:
     def __init__(self, service: Service, settings: VolumesSettings) -> None:
         self.service = service
         self.settings = settings
-        self.storage = StorageManager()
         self.reuse = RecentReads(settings.reuse_seconds, settings.reuse_max_bytes)
         self._mounted: dict[Key, Mounted] = {}
         self._changing = asyncio.Lock()
+
+    @cached_property
+    def storage(self) -> StorageManager:
+        """genro-storage, imported when the first local, memory or s3 volume is mounted: it
+        brings fsspec and more (5 MB resident) that base64 and http volumes never use."""
+        from genro_storage import StorageManager
+
+        return StorageManager()
 
     # ------------------------------------------------------------------ lookups
 

@@ -12,11 +12,12 @@ import asyncio
 import base64
 import binascii
 import itertools
-from typing import Any, Protocol
-
-from genro_storage import StorageManager
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gmp_core import AttachmentError
+
+if TYPE_CHECKING:
+    from genro_storage import StorageManager
 
 _mount_ids = itertools.count(1)
 
