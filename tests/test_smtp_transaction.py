@@ -6,7 +6,7 @@ answered and how the replies are cut."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiosmtplib
 import pytest
@@ -19,21 +19,41 @@ RCPTS = [b"TO:<b@example.com>", b"TO:<nobody@example.com>"]
 REPLIES = b"250 sender ok\r\n250 rcpt ok\r\n550 5.1.1 no such user\r\n354 go ahead\r\n"
 
 
-class ScriptedServer:
-    """Greets, answers EHLO with PIPELINING, then answers the pipelined batch in one go, or
-    one byte per write; records the message it was sent."""
+class ScriptServer:
+    """A scripted SMTP server on 127.0.0.1: greets, then runs :meth:`_session`; keeps the
+    message it was sent."""
 
-    def __init__(self, write: Callable[[asyncio.StreamWriter, bytes], object]) -> None:
-        self.write = write
+    def __init__(self) -> None:
         self.received = b""
         self.server: asyncio.Server | None = None
 
     async def start(self) -> int:
-        self.server = await asyncio.start_server(self._session, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         return int(self.server.sockets[0].getsockname()[1])
 
-    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"220 scripted\r\n")
+        await self._session(reader, writer)
+        await writer.drain()
+        writer.close()
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class PipeliningServer(ScriptServer):
+    """Answers EHLO with PIPELINING, then answers the pipelined batch in one go, or one byte
+    per write, only once all of it has arrived."""
+
+    def __init__(self, write: Callable[[asyncio.StreamWriter, bytes], Awaitable[None]]) -> None:
+        super().__init__()
+        self.write = write
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readline()  # EHLO
         writer.write(b"250-scripted\r\n250 PIPELINING\r\n")
         await reader.readuntil(b"DATA\r\n")
@@ -42,8 +62,34 @@ class ScriptedServer:
         await self.write(writer, b"250 2.0.0 queued\r\n")
         await reader.readline()  # QUIT
         writer.write(b"221 bye\r\n")
-        await writer.drain()
-        writer.close()
+
+
+class StepwiseServer(ScriptServer):
+    """No PIPELINING: answers each command as it comes, from ``answers`` (command -> reply),
+    250 when none is given; those of the transaction ``delay`` seconds late (a slow server).
+    Records the commands."""
+
+    def __init__(self, answers: dict[bytes, bytes], delay: float = 0.0) -> None:
+        super().__init__()
+        self.answers = answers
+        self.delay = delay
+        self.commands: list[bytes] = []
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            command = line.rstrip(b"\r\n")
+            self.commands.append(command)
+            if self.delay and command.startswith((b"MAIL", b"RCPT", b"DATA")):
+                await asyncio.sleep(self.delay)  # the server's slowness, not synchronisation
+            reply = self.answers.get(command, b"250 ok")
+            if command == b"DATA" and reply.startswith(b"354"):
+                writer.write(reply + b"\r\n")
+                self.received = await reader.readuntil(b"\r\n.\r\n")
+                reply = b"250 2.0.0 queued"
+            elif command == b"QUIT":
+                reply = b"221 bye"
+            writer.write(reply + b"\r\n")
+            await writer.drain()
 
 
 async def all_at_once(writer: asyncio.StreamWriter, data: bytes) -> None:
@@ -57,8 +103,12 @@ async def byte_by_byte(writer: asyncio.StreamWriter, data: bytes) -> None:
         await writer.drain()
 
 
+async def stall(writer: asyncio.StreamWriter, data: bytes) -> None:
+    await asyncio.Event().wait()  # never answers
+
+
 async def greeted(port: int) -> aiosmtplib.SMTP:
-    """A client connection to the scripted server, past EHLO."""
+    """A client connection to a scripted server, past EHLO."""
     smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=10)
     await smtp.connect()
     await smtp.ehlo()
@@ -66,22 +116,26 @@ async def greeted(port: int) -> aiosmtplib.SMTP:
 
 
 @pytest.fixture(params=[all_at_once, byte_by_byte], ids=["together", "byte-by-byte"])
-async def scripted(request: pytest.FixtureRequest) -> AsyncIterator[tuple[ScriptedServer, int]]:
-    server = ScriptedServer(request.param)
+async def pipelining(request: pytest.FixtureRequest) -> AsyncIterator[tuple[PipeliningServer, int]]:
+    server = PipeliningServer(request.param)
     port = await server.start()
     yield server, port
-    assert server.server is not None
-    server.server.close()
+    server.close()
 
 
-async def test_every_reply_reaches_its_command(scripted: tuple[ScriptedServer, int]) -> None:
-    server, port = scripted
+# ---------------------------------------------------------------------- with PIPELINING
+
+
+async def test_every_reply_reaches_its_command(
+    pipelining: tuple[PipeliningServer, int],
+) -> None:
+    server, port = pipelining
     smtp = await greeted(port)
     assert smtp.supports_extension("pipelining")
     replies = await send_transaction(
         smtp,
         b"FROM:<a@example.com>",
-        [b"TO:<b@example.com>", b"TO:<nobody@example.com>"],
+        RCPTS,
         b"Subject: hi\r\n\r\n.leading dot\r\n",
         pipelined=True,
         timeout=10,
@@ -93,12 +147,23 @@ async def test_every_reply_reaches_its_command(scripted: tuple[ScriptedServer, i
     assert (await smtp.quit()).code == 221  # the connection is in step afterwards
 
 
+async def test_bare_line_ends_are_sent_as_crlf(pipelining: tuple[PipeliningServer, int]) -> None:
+    server, port = pipelining
+    smtp = await greeted(port)
+    message = b"Subject: x\n\nline one\rline two\n.dot"
+    await send_transaction(
+        smtp, b"FROM:<a@example.com>", RCPTS, message, pipelined=True, timeout=10
+    )
+    assert server.received == b"Subject: x\r\n\r\nline one\r\nline two\r\n..dot\r\n.\r\n"
+    await smtp.quit()
+
+
 async def test_the_transport_pipelines_when_offered(
     make_service: ServiceFactory, events: EventLog
 ) -> None:
     """The scripted server answers only once MAIL, both RCPTs and DATA have all arrived: a
     client waiting for each reply in turn would never get one."""
-    server = ScriptedServer(all_at_once)
+    server = PipeliningServer(all_at_once)
     port = await server.start()
     service: Service = await make_service(smtp={"command_timeout": 10})
     await service.put_account({"id": "acc", "host": "127.0.0.1", "port": port, "tls": "none"})
@@ -106,81 +171,24 @@ async def test_the_transport_pipelines_when_offered(
     (sent,) = await events.wait("sent")
     assert sent.data["refused"] == {"gone@example.com": "550 5.1.1 no such user"}
     assert server.received.endswith(b"body m1\r\n.\r\n")
-    assert server.server is not None
-    server.server.close()
+    server.close()
 
 
-async def stall(writer: asyncio.StreamWriter, data: bytes) -> None:
-    await asyncio.Event().wait()  # never answers
-
-
-async def test_a_silent_server_times_out() -> None:
-    server = ScriptedServer(stall)
-    port = await server.start()
-    smtp = await greeted(port)
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "stepwise"])
+async def test_a_silent_server_times_out(pipelined: bool) -> None:
+    server = PipeliningServer(stall) if pipelined else StepwiseServer({}, delay=3600)
+    smtp = await greeted(await server.start())
+    # The outer bound turns a missing timeout into a failure rather than a hung test.
     with pytest.raises(aiosmtplib.SMTPTimeoutError):
-        await send_transaction(
-            smtp,
-            b"FROM:<a@example.com>",
-            [b"TO:<b@example.com>"],
-            b"x",
-            pipelined=True,
-            timeout=0.2,
-        )
+        async with asyncio.timeout(10):
+            await send_transaction(
+                smtp, b"FROM:<a@example.com>", RCPTS, b"x", pipelined=pipelined, timeout=0.2
+            )
     smtp.close()
-    assert server.server is not None
-    server.server.close()
+    server.close()
 
 
-async def test_bare_line_ends_are_sent_as_crlf(scripted: tuple[ScriptedServer, int]) -> None:
-    server, port = scripted
-    smtp = await greeted(port)
-    message = b"Subject: x\n\nline one\rline two\n.dot"
-    rcpts = [b"TO:<b@example.com>", b"TO:<nobody@example.com>"]  # the script answers two
-    await send_transaction(
-        smtp, b"FROM:<a@example.com>", rcpts, message, pipelined=True, timeout=10
-    )
-    assert server.received == b"Subject: x\r\n\r\nline one\r\nline two\r\n..dot\r\n.\r\n"
-    await smtp.quit()
-
-
-class StepwiseServer:
-    """No PIPELINING: answers each command as it comes, from ``answers`` (command -> reply),
-    250 when none is given, ``delay`` seconds late (a slow server); records the commands and
-    the message."""
-
-    def __init__(self, answers: dict[bytes, bytes], delay: float = 0.0) -> None:
-        self.answers = answers
-        self.delay = delay
-        self.commands: list[bytes] = []
-        self.received = b""
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._session, "127.0.0.1", 0)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 scripted\r\n")
-        while line := await reader.readline():
-            command = line.rstrip(b"\r\n")
-            self.commands.append(command)
-            if self.delay and command != b"QUIT":
-                await asyncio.sleep(self.delay)  # the server's slowness, not synchronisation
-            reply = self.answers.get(command, b"250 ok")
-            if command == b"DATA" and reply.startswith(b"354"):
-                writer.write(reply + b"\r\n")
-                self.received = await reader.readuntil(b"\r\n.\r\n")
-                reply = b"250 2.0.0 queued"
-            elif command == b"QUIT":
-                reply = b"221 bye"
-            writer.write(reply + b"\r\n")
-            await writer.drain()
-        writer.close()
-
-    def close(self) -> None:
-        assert self.server is not None
-        self.server.close()
+# ---------------------------------------------------------------------- one command at a time
 
 
 async def stepwise(
