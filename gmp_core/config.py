@@ -134,6 +134,12 @@ class ReportingSettings(Settings):
     flush_timeout: float = setting(
         10.0, ge=0, description="how long shutdown waits for a last post (seconds)"
     )
+    lease_seconds: float = setting(
+        60.0,
+        gt=0,
+        description="processes sharing a database: how long one posts the reports of all "
+        "unless renewed, the longest a dead one holds them up (seconds)",
+    )
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -7,6 +7,13 @@ exponentially, with jitter, up to ``retry_max``. Reporters share nothing: each h
 queue in the store, its own back-off and its own heartbeat, so one failing never holds back
 another, and none of them ever slows dispatch (they only read and acknowledge reports).
 
+Processes sharing a store share the reports too, so one of them at a time posts a given
+reporter's: the one holding that reporter's lease in the store. It renews the lease while it
+posts and while it waits (a back-off, a client's ``next_sync_after``), so nobody else posts
+meanwhile; the others look again every half lease, and one takes over once the lease runs out
+(the holder died) or is given back (the holder stopped). Without this every process would
+post every report, and send its own heartbeats.
+
 Retention runs beside them: messages every reporter acknowledged are purged after
 ``delivery_report_retention_seconds``; nothing unacknowledged ever is.
 """
@@ -109,6 +116,8 @@ class ReportLoop:
         self.name = name
         self.reporter = reporter
         self.settings = service.config.reporting
+        self.holder = service.dispatcher.worker  # this process, as its claims name it
+        self.leading = False  # holds the reporter's lease: posts for every process
         self.task: asyncio.Task[None] | None = None
         self.heartbeat = 0.0  # when the loop last turned (for /status)
         self.failures = 0  # failed posts in a row
@@ -146,6 +155,7 @@ class ReportLoop:
     def status(self) -> dict[str, float | int | None]:
         return {
             "heartbeat": self.heartbeat,
+            "leading": self.leading,
             "failures": self.failures,
             "last_acknowledged": self.last_acknowledged,
         }
@@ -153,19 +163,57 @@ class ReportLoop:
     async def _run(self) -> None:
         while not self._stopping:
             self.heartbeat = time.time()
-            at_least, at_most = await self._turn()
+            if await self._lead():
+                at_least, at_most = await self._turn()
+            else:  # another process reports: look again in half a lease
+                at_least, at_most = self.settings.lease_seconds / 2, self.settings.lease_seconds / 2
             await self._pause(at_least, at_most)
-        if self.failures == 0:
+        if self.failures == 0 and await self._lead():
             await self._turn()  # the flush: what the last sends produced
+        await self._resign()
+
+    async def _lead(self) -> bool:
+        """Take or renew this reporter's lease; True while this process holds it."""
+        try:
+            self.leading = await self.service.store.hold_lease(
+                self._lease_name, self.holder, time.time(), self.settings.lease_seconds
+            )
+        except Exception:
+            log.exception("taking the report lease of %r failed", self.name)
+            self.leading = False
+        return self.leading
+
+    async def _resign(self) -> None:
+        """Give the lease back at shutdown, so that another process reports at once."""
+        if self.leading:
+            try:
+                await self.service.store.release_lease(self._lease_name, self.holder)
+            except Exception:
+                log.exception("giving back the report lease of %r failed", self.name)
+            self.leading = False
+
+    @property
+    def _lease_name(self) -> str:
+        return f"reporter:{self.name}"
 
     async def _pause(self, at_least: float, at_most: float) -> None:
         """Wait ``at_least`` (cut short only by run-now or stop), then until new reports
         arrive, for at most ``at_most`` in all."""
         if at_least > 0 and not self._stopping:
-            await _wait_for(self._hurry, at_least)
+            await self._wait(self._hurry, at_least)
         self._hurry.clear()
         if at_most > at_least and not self._stopping:
-            await _wait_for(self._wake, at_most - at_least)
+            await self._wait(self._wake, at_most - at_least)
+
+    async def _wait(self, event: asyncio.Event, timeout: float) -> None:
+        """Until ``event`` is set, for at most ``timeout``; the lease holder renews its lease
+        every third of it meanwhile, so that no other process posts during its pause."""
+        deadline = time.monotonic() + timeout
+        renew_every = self.settings.lease_seconds / 3
+        while not event.is_set() and (left := deadline - time.monotonic()) > 0:
+            await _wait_for(event, min(left, renew_every) if self.leading else left)
+            if self.leading and not event.is_set() and deadline > time.monotonic():
+                await self._lead()
 
     async def _turn(self) -> tuple[float, float]:
         """One exchange, if there is anything to say; returns the pause before the next."""

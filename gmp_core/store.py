@@ -224,6 +224,16 @@ class Store(Protocol):
 
     async def get_flag(self, name: str) -> str | None: ...
 
+    async def hold_lease(self, name: str, holder: str, now: float, seconds: float) -> bool:
+        """Take or renew the lease ``name`` for ``holder`` until ``now + seconds``; True when
+        ``holder`` has it: it was free, had run out, or was ``holder``'s already. Processes
+        sharing a store use it for jobs that one of them at a time should do."""
+        ...
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Give up the lease ``name`` if ``holder`` has it, for another to take at once."""
+        ...
+
     async def set_flag(self, name: str, value: str) -> None: ...
 
     # volumes -----------------------------------------------------------------------------

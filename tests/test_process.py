@@ -133,7 +133,10 @@ async def test_a_report_posted_but_not_marked_is_posted_again_after_sigkill(
     receiver = await ReportReceiver().start()
     receiver.mode = "slow"  # the client got the report; the proxy never hears back
     with config_file.open("a") as config:
-        config.write(f'[proxy_sync]\nurl = "{receiver.url}"\n[reporting]\ninterval = 0\n')
+        # The dead process's report lease holds its reports up until it runs out.
+        config.write(
+            f'[proxy_sync]\nurl = "{receiver.url}"\n[reporting]\ninterval = 0\nlease_seconds = 1\n'
+        )
     proxy = await serve(config_file, processes)
     async with proxy.client() as client:
         await post(

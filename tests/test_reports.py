@@ -225,6 +225,54 @@ async def test_two_reporters_acknowledge_independently(
     assert sorted(ids_of(receiver.reported())) == ["a", "b"]
 
 
+async def test_one_process_at_a_time_posts_the_reports(
+    make_service: ServiceFactory, sink: SmtpSink, receiver: ReportReceiver
+) -> None:
+    """Two services on one database, as two processes would be: the holder of the reporter's
+    lease posts every report once; the other posts nothing, even told to run now while the
+    holder's post is under way; when the holder stops, the other takes over at once."""
+    # The holder learns of the other's outcomes by looking (poll_interval), not by a wake.
+    services = [
+        await reporting_service(make_service, sink, receiver, reporting={"poll_interval": 0.05})
+        for _ in range(2)
+    ]
+    loops = [service.reporting.loops[0] for service in services]
+
+    async def both_turned() -> bool:
+        return all(loop.heartbeat for loop in loops)
+
+    await wait_until(both_turned)
+    assert sorted(loop.leading for loop in loops) == [False, True]
+    leader, follower = sorted(zip(loops, services, strict=True), key=lambda p: not p[0].leading)
+
+    receiver.mode = "slow"  # the holder's first post waits for release
+    await services[0].add_messages([message("a")])
+    await services[1].add_messages([message("b")])
+    await receiver.wait(lambda r: len(r.posts) == 1)
+    turned = follower[0].heartbeat
+
+    async def follower_turned() -> bool:
+        return follower[0].heartbeat > turned
+
+    follower[1].run_now()
+    await wait_until(follower_turned)
+    receiver.mode = "ok"
+    receiver.release.set()
+    await wait_until(lambda: all_reported(services[0], ["a", "b"]))
+
+    await leader[1].stop()  # gives the lease back
+
+    async def took_over() -> bool:
+        return follower[0].leading
+
+    follower[1].run_now()
+    await wait_until(took_over)
+    await follower[1].add_messages([message("c")])
+    await wait_until(lambda: all_reported(follower[1], ["c"]))
+    reported = [r["id"] for r in receiver.reported()]
+    assert sorted(reported) == ["a", "b", "c"]  # each once
+
+
 async def test_retention_purges_only_acknowledged_messages(
     make_service: ServiceFactory, sink: SmtpSink, receiver: ReportReceiver
 ) -> None:

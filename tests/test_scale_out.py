@@ -210,3 +210,35 @@ async def test_a_message_queued_elsewhere_wakes_an_idle_process(
         assert sink.mails[0].gmp_id == "woken"
     finally:
         await proxy.stop(signal.SIGKILL)
+
+
+async def test_one_process_posts_each_report_once(
+    tmp_path: Path, postgres_url: str, sink: SmtpSink
+) -> None:
+    """Three processes send; the one holding the reporter's lease posts every report, once."""
+    from tests.receiver import ReportReceiver
+
+    receiver = await ReportReceiver().start()
+    config = write_config(tmp_path, postgres_url)
+    with config.open("a") as file:
+        file.write(
+            f'[proxy_sync]\nurl = "{receiver.url}"\n'
+            "[reporting]\ninterval = 0\npoll_interval = 0.2\nheartbeat_seconds = 0\n"
+        )
+    cluster = [await ServeProcess(config).start() for _ in range(3)]
+    try:
+        await add_account(cluster[0], sink)
+        await enqueue_across(cluster, 1500, batch=100)
+        expected = {f"m{i}" for i in range(1500)}
+        await receiver.wait(lambda r: {x["id"] for x in r.reported()} == expected, timeout=120)
+        leading = []
+        for proxy in cluster:
+            async with proxy.client() as client:
+                reporters = (await client.get("/status")).json()["reporters"]
+            leading.append(reporters["proxy_sync"]["leading"])
+        assert sorted(leading) == [False, False, True]
+        assert len(receiver.reported()) == 1500  # none twice
+    finally:
+        for proxy in cluster:
+            await proxy.stop(signal.SIGKILL)
+        await receiver.stop()

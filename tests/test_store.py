@@ -271,6 +271,42 @@ async def test_a_batch_is_bounded_and_oldest_first(store: Store) -> None:
     assert [r.id for r in await store.pending_reports("client", 10)] == ids[3:]
 
 
+async def test_a_lease_has_one_holder_at_a_time(store: Store) -> None:
+    now = 1000.0
+    assert await store.hold_lease("job", "p1", now, 30)
+    assert not await store.hold_lease("job", "p2", now + 10, 30)  # p1's until 1030
+    assert await store.hold_lease("job", "p1", now + 20, 30)  # renewed: until 1050
+    assert not await store.hold_lease("job", "p2", now + 40, 30)
+    assert await store.hold_lease("other job", "p2", now + 40, 30)  # leases are per name
+    assert await store.hold_lease("job", "p2", now + 51, 30)  # p1's ran out: taken over
+    assert not await store.hold_lease("job", "p1", now + 52, 30)
+
+
+async def test_a_released_lease_is_free_at_once(store: Store) -> None:
+    now = 1000.0
+    assert await store.hold_lease("job", "p1", now, 30)
+    await store.release_lease("job", "p2")  # not p2's: nothing changes
+    assert not await store.hold_lease("job", "p2", now + 1, 30)
+    await store.release_lease("job", "p1")
+    assert await store.hold_lease("job", "p2", now + 2, 30)
+
+
+async def test_concurrent_takers_get_one_lease(store_url: str) -> None:
+    """Several store objects (as several processes would have) race for one lease."""
+    stores = [make_store(store_url) for _ in range(4)]
+    for each in stores:
+        await each.open()
+    try:
+        now = time.time()
+        taken = await asyncio.gather(
+            *(each.hold_lease("job", f"p{i}", now, 30) for i, each in enumerate(stores))
+        )
+        assert sorted(taken) == [False, False, False, True]
+    finally:
+        for each in stores:
+            await each.close()
+
+
 async def test_without_reporters_final_messages_count_as_reported(store: Store) -> None:
     await store.set_reporters({"gone": False})
     now = time.time()

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 import peewee as pw
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # What turns a database of version N-1 into version N, beyond the tables and indexes that
 # ``create_tables(safe=True)`` adds by itself. Statements must suit SQLite and PostgreSQL.
 # 2: the report queue and the volumes (new tables only).
-MIGRATIONS: dict[int, tuple[str, ...]] = {2: ()}
+# 3: leases (a new table only).
+MIGRATIONS: dict[int, tuple[str, ...]] = {2: (), 3: ()}
 
 
 class _Table(pw.Model):
@@ -106,6 +107,15 @@ class _FlagRow(_Table):
     value = pw.TextField()
 
 
+class _LeaseRow(_Table):
+    """A job one process at a time does for all that share the database (posting one
+    reporter's reports): who has it, and until when unless renewed."""
+
+    name = pw.TextField(primary_key=True)
+    holder = pw.TextField()
+    expires = pw.DoubleField()
+
+
 class _ReportQueueRow(_Table):
     """A report waiting for one reporter: rows go when that reporter acknowledges."""
 
@@ -145,6 +155,7 @@ class Schema:
     SendSlot: type[_SendSlotRow]
     Account: type[_AccountRow]
     Flag: type[_FlagRow]
+    Lease: type[_LeaseRow]
     ReportQueue: type[_ReportQueueRow]
     Version: type[_SchemaRow]
     Volume: type[_VolumeRow]
@@ -159,6 +170,7 @@ class Schema:
             self.SendSlot,
             self.Account,
             self.Flag,
+            self.Lease,
             self.ReportQueue,
             self.Version,
             self.Volume,
@@ -178,6 +190,7 @@ def bind_schema(db: pw.Database) -> Schema:
         SendSlot=model(_SendSlotRow, "send_slots"),
         Account=model(_AccountRow, "accounts"),
         Flag=model(_FlagRow, "flags"),
+        Lease=model(_LeaseRow, "leases"),
         ReportQueue=model(_ReportQueueRow, "report_queue"),
         Version=model(_SchemaRow, "gmp_schema"),
         Volume=model(_VolumeRow, "volumes"),

@@ -128,6 +128,14 @@ WHERE messages.state NOT IN ('sending', 'sent')
 RETURNING id, pk
 """
 
+# Takes a lease that is free or has run out, or renews one's own: a row comes back only then.
+_LEASE_SQL = """
+INSERT INTO leases (name, holder, expires) VALUES (?, ?, ?)
+ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires = excluded.expires
+WHERE leases.holder = excluded.holder OR leases.expires < ?
+RETURNING holder
+"""
+
 _PAYLOAD_SQL = """
 INSERT INTO message_payloads (pk, payload) VALUES {rows}
 ON CONFLICT (pk) DO UPDATE SET payload = excluded.payload
@@ -785,6 +793,17 @@ class SqlStore:
     def get_flag(self, name: str) -> str | None:
         row = self._sql("SELECT value FROM flags WHERE name = ?", (name,))
         return row[0][0] if row else None
+
+    @on_db_thread
+    def hold_lease(self, name: str, holder: str, now: float, seconds: float) -> bool:
+        with self._write():
+            taken = self._sql(_LEASE_SQL, (name, holder, now + seconds, now))
+        return bool(taken)
+
+    @on_db_thread
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._write():
+            self._sql("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
 
     @on_db_thread
     def set_flag(self, name: str, value: str) -> None:

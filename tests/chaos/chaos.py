@@ -226,7 +226,8 @@ class Chaos:
             f"[smtp]\ncommand_timeout = {1.0 if self.sink.faults else 60.0}\n"
             f'[proxy_sync]\nurl = "{self.receiver.url}"\n'
             "[reporting]\ninterval = 0\nretry_initial = 0.05\nretry_max = 0.2\n"
-            "heartbeat_seconds = 0\n"
+            # The killed process's report lease holds reports up until it runs out.
+            f"heartbeat_seconds = 0\nlease_seconds = {LEASE_SECONDS}\n"
         )
         return path
 
