@@ -499,6 +499,39 @@ async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
     assert "POST" in wrong.headers["Allow"]
 
 
+class ClientCertificate:
+    """An auth plugin that limits each caller to the account named by its certificate."""
+
+    __name__ = "test-client-certificate"
+
+    @hookimpl(tryfirst=True)
+    def gmp_authenticate(self, headers: dict[str, str], config: object) -> Principal | None:
+        subject = headers.get("x-client-subject")
+        return None if subject is None else Principal(subject, accounts=frozenset({subject}))
+
+
+async def test_a_caller_limited_to_some_accounts_is_refused(
+    start_service: ServiceFactory,
+) -> None:
+    """The endpoints cannot limit a caller to its accounts yet: such a caller gets nothing,
+    rather than every account."""
+    service = await start_service(ClientCertificate())
+    async with httpx.AsyncClient(base_url=base_url(service)) as http:
+        limited = {"X-Client-Subject": "acc"}
+        for method, path in [("GET", "/status"), ("GET", "/messages"), ("GET", "/accounts")]:
+            response = await http.request(method, path, headers=limited)
+            assert response.status_code == 403, path
+            assert "only on some accounts" in response.json()["error"]
+        add = await http.post(
+            "/commands/add-messages", json={"messages": [message("m1")]}, headers=limited
+        )
+        assert add.status_code == 403
+        assert (await http.get("/messages", headers={"X-API-Token": TOKEN})).json()[
+            "messages"
+        ] == []  # nothing was queued
+        assert (await http.get("/status", headers={"X-API-Token": TOKEN})).status_code == 200
+
+
 class ExplodingAuth:
     """An auth plugin with a bug: it raises on a given header."""
 
