@@ -44,6 +44,12 @@ class VolumesSettings(Settings):
         description="non-public networks volumes set over the API may reach (allow-list "
         "in their allow_networks, or as an S3 endpoint)",
     )
+    refresh_seconds: float = setting(
+        2.0,
+        description="how often volumes that other processes sharing the database set or "
+        "deleted over the API are picked up; 0: never",
+        ge=0,
+    )
     mounts: list[VolumeDefinition] = setting(
         [],
         description="volumes defined here: [[volumes.mounts]] tables with name, backend, "
@@ -97,7 +103,8 @@ def gmp_register_volume_backends(
 async def gmp_startup(service: Service) -> None:
     registry = registry_of(service)
     if registry is not None:
-        await registry.load_stored()
+        await registry.sync_stored()
+        registry.start_following()
 
 
 @hookimpl

@@ -9,6 +9,7 @@ every start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -81,6 +82,8 @@ class VolumeRegistry:
         self.reuse = RecentReads(settings.reuse_seconds, settings.reuse_max_bytes)
         self._mounted: dict[Key, Mounted] = {}
         self._changing = asyncio.Lock()
+        self._following: asyncio.Task[None] | None = None
+        self._complained: set[tuple[str, str | None, float]] = set()
 
     @cached_property
     def storage(self) -> StorageManager:
@@ -148,19 +151,63 @@ class VolumeRegistry:
         for name in sorted({name for name, _ in self._mounted}):
             register(name, NamedVolume(self, name))
 
-    async def load_stored(self) -> None:
-        """Mount the volumes kept in the store. One that cannot be mounted any more (an extra
-        uninstalled since) is logged and skipped: its messages fail with a clear error."""
-        for record in await self.service.store.list_volumes():
-            if self._blocked(record.name, record.account_id):
-                log.warning("volume %r kept in the store is shadowed; not mounted", record.name)
-                continue
-            try:
-                definition = _definition(record)
-                await self._check_reach(definition)  # the operator may have narrowed it
-                self._install(definition, self._mount(definition), record)
-            except Exception as exc:
+    async def sync_stored(self) -> None:
+        """Mount the volumes kept in the store as they are there now: at start-up, then every
+        ``refresh_seconds`` (:meth:`start_following`), which picks up what other processes
+        sharing the store set or deleted over the API. One that cannot be mounted (an extra
+        uninstalled since, a reach the operator narrowed) is logged once and skipped: its
+        messages fail with a clear error."""
+        retired: list[Source] = []
+        async with self._changing:  # the store read too: a put here meanwhile is in it
+            records = {(r.name, r.account_id): r for r in await self.service.store.list_volumes()}
+            for key, mounted in list(self._mounted.items()):
+                if not mounted.from_file and key not in records:  # deleted elsewhere
+                    retired.append(self._uninstall(key).source)
+            for key, record in records.items():
+                current = self._mounted.get(key)
+                if current is not None and current.updated_at == record.updated_at:
+                    continue  # as mounted (or defined in plugins.toml, which wins)
+                source = await self._mount_stored(record)
+                if source is not None:
+                    self._install(_definition(record), source, record)
+                    if current is not None:
+                        retired.append(current.source)
+        for source in retired:
+            await source.close()
+
+    async def _mount_stored(self, record: VolumeRecord) -> Source | None:
+        complaint = (record.name, record.account_id, record.updated_at)
+        blocked = self._blocked(record.name, record.account_id)
+        try:
+            if blocked:
+                raise InvalidInput(f"{blocked}; the one kept in the store is not mounted")
+            definition = _definition(record)
+            await self._check_reach(definition)  # the operator may have narrowed it
+            return self._mount(definition)
+        except Exception as exc:
+            if complaint not in self._complained:  # once, not at every refresh
+                self._complained.add(complaint)
                 log.error("volume %r cannot be mounted: %s", record.name, _reason(exc))
+            return None
+
+    def start_following(self) -> None:
+        if self.settings.refresh_seconds > 0:
+            self._following = asyncio.create_task(self._follow(), name="gmp-volumes-follow")
+
+    async def _follow(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self.settings.refresh_seconds)
+            try:
+                await self.sync_stored()
+            except Exception:
+                if not failing:  # once per outage (the store may be down a while)
+                    log.exception("reading the volumes from the store failed; retrying")
+                failing = True
+            else:
+                if failing:
+                    log.warning("reading the volumes from the store works again")
+                failing = False
 
     async def _check_reach(self, definition: VolumeDefinition) -> None:
         settings = self.settings
@@ -224,14 +271,16 @@ class VolumeRegistry:
             if current.from_file:
                 raise InvalidInput(f"volume {name!r} is defined in plugins.toml")
             await self.service.store.delete_volume(name, account_id)
-            del self._mounted[key]
-            if not any(other == name for other, _ in self._mounted):
-                self.service.volumes.pop(name, None)
+            self._uninstall(key)
         await current.source.close()
         log.info("volume %r deleted over the API", name)
         return True
 
     async def close(self) -> None:
+        if self._following is not None:
+            self._following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._following
         for mounted in self._mounted.values():
             try:
                 await mounted.source.close()
@@ -243,6 +292,12 @@ class VolumeRegistry:
             definition, source, False, record.created_at, record.updated_at
         )
         self.service.volumes.setdefault(definition.name, NamedVolume(self, definition.name))
+
+    def _uninstall(self, key: Key) -> Mounted:
+        mounted = self._mounted.pop(key)
+        if not any(name == key[0] for name, _ in self._mounted):
+            self.service.volumes.pop(key[0], None)
+        return mounted
 
     def _mount(self, definition: VolumeDefinition) -> Source:
         config = definition.backend_config()

@@ -13,7 +13,7 @@ import pytest
 from gmp_core import Service
 from gmp_core.testing import SmtpSink
 from tests.rest.rest_support import TOKEN, ServiceFactory, base_url, message
-from tests.support import EventLog
+from tests.support import EventLog, wait_until
 from tests.volumes.servers import attachments_of
 
 SECRET = "wJalrXUtnFEMI-very-secret"
@@ -91,6 +91,63 @@ async def test_volumes_are_kept_across_restarts(start_service: ServiceFactory, r
     }
     assert second.volumes["docs"].accepts("acc")  # mounted again, not only listed
     assert not second.volumes["docs"].accepts("someone-else")
+
+
+async def test_processes_sharing_the_database_follow_each_others_volumes(
+    start_service: ServiceFactory, root: Path
+) -> None:
+    """Two services on one database, as two processes behind one address would be: a volume
+    set through one is soon usable through the other, changed there when changed, and gone
+    once deleted."""
+    settings = {**may_read(root), "refresh_seconds": 0.05}
+    here, elsewhere = [await start_service(volumes=settings) for _ in range(2)]
+    accepted = {"ok": True, "queued": 1, "rejected": []}
+
+    async def added_elsewhere(id: str) -> dict[str, Any]:
+        async with client_of(elsewhere) as http:
+            answer = await http.post(
+                "/commands/add-messages", json={"messages": [with_attachment(id, "docs:a.txt")]}
+            )
+        result: dict[str, Any] = answer.json()
+        return result
+
+    async with client_of(here) as http:
+        account = {"id": "acc", "host": "127.0.0.1", "port": 1}  # refused: nothing is sent
+        assert (await http.post("/account", json=account)).is_success
+        assert (await http.post("/volume", json=local_volume(root))).is_success
+
+    async def mounted_elsewhere() -> bool:
+        return elsewhere.volumes.get("docs") is not None
+
+    await wait_until(mounted_elsewhere)
+    assert await added_elsewhere("m1") == accepted
+
+    async def base_path_elsewhere() -> str:
+        async with client_of(elsewhere) as http:
+            listed = (await http.get("/volume/docs")).json()
+        assert listed["source"] == "api"
+        return str(listed["config"]["base_path"])
+
+    assert await base_path_elsewhere() == str(root)
+    moved = root.parent / "moved"
+    moved.mkdir()
+    async with client_of(here) as http:
+        assert (await http.post("/volume", json=local_volume(moved))).is_success
+
+    async def moved_elsewhere() -> bool:
+        return await base_path_elsewhere() == str(moved)
+
+    await wait_until(moved_elsewhere)
+    async with client_of(here) as http:
+        assert (await http.delete("/volume/docs")).is_success
+
+    async def gone_elsewhere() -> bool:
+        return elsewhere.volumes.get("docs") is None
+
+    await wait_until(gone_elsewhere)
+    assert (await added_elsewhere("m2"))["rejected"] == [
+        {"id": "m2", "reason": "unknown volume in storage_path: docs"}
+    ]
 
 
 async def test_credentials_are_redacted_in_answers_and_logs(
