@@ -11,7 +11,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -242,3 +242,34 @@ async def test_one_process_posts_each_report_once(
         for proxy in cluster:
             await proxy.stop(signal.SIGKILL)
         await receiver.stop()
+
+
+async def test_readiness_follows_postgresql_down_and_up(tmp_path: Path, postgres_url: str) -> None:
+    """/ready answers 503 while the database is down and 200 once it is back; /health, which
+    says whether the process should be restarted, stays 200 throughout (restarting would not
+    bring the database back)."""
+    pg_ctl = ["pg_ctlcluster", "--skip-systemctl-redirect", *restartable_cluster()]
+    proxy = await ServeProcess(write_config(tmp_path, postgres_url)).start()
+
+    async def answers() -> tuple[int, int, str]:
+        async with proxy.client() as client:
+            ready, health = await client.get("/ready"), await client.get("/health")
+        return ready.status_code, health.status_code, ready.text
+
+    async def until(check: Callable[[tuple[int, int, str]], bool]) -> tuple[int, int, str]:
+        async with asyncio.timeout(60):
+            while not check(state := await answers()):
+                await asyncio.sleep(0.2)
+        return state
+
+    try:
+        assert (await answers())[:2] == (200, 200)
+        await asyncio.to_thread(subprocess.run, [*pg_ctl, "stop", "-m", "fast"], check=True)
+        try:
+            _, health, text = await until(lambda state: state[0] == 503)
+            assert health == 200 and "store unreachable" in text
+        finally:
+            await asyncio.to_thread(subprocess.run, [*pg_ctl, "start"], check=True)
+        assert (await until(lambda state: state[0] == 200))[1] == 200
+    finally:
+        await proxy.stop(signal.SIGKILL)
