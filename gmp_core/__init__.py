@@ -33,7 +33,7 @@ from gmp_core.models import (
     State,
     TlsMode,
 )
-from gmp_core.service import AccountBusy, NotFound, Service
+from gmp_core.service import AccountBusy, Forbidden, NotFound, Service
 from gmp_core.store import (
     AccountDeletion,
     Claim,
@@ -60,6 +60,7 @@ __all__ = [
     "DeliveryReport",
     "EnqueueResult",
     "Event",
+    "Forbidden",
     "InvalidInput",
     "Message",
     "MessageRecord",

@@ -190,8 +190,17 @@ class Principal:
     """Who is making an API request, as an auth plugin identified them."""
 
     name: str
-    # Account ids this principal may touch; None means every account.
+    # Account ids this principal may touch; None means every account, and the whole proxy.
     accounts: frozenset[str] | None = None
+
+    @property
+    def scoped(self) -> bool:
+        """Limited to some accounts: it may not run what acts on the whole proxy."""
+        return self.accounts is not None
+
+    def may_use(self, account_id: str | None) -> bool:
+        """Whether it may touch account ``account_id`` (None: things of no account)."""
+        return self.accounts is None or account_id in self.accounts
 
 
 @dataclass(slots=True)

@@ -54,6 +54,14 @@ class NotFound(LookupError):
     pass
 
 
+class Forbidden(PermissionError):
+    """The caller is limited to some accounts (``Principal.accounts``), and this is not one
+    of them; ``str(exc)`` is the reason given to the client."""
+
+
+NOT_YOURS = "not allowed for this caller"
+
+
 class Service:
     """One proxy instance. Build it, ``await start()``, ``await stop()``.
 
@@ -235,9 +243,13 @@ class Service:
 
     # ------------------------------------------------------------------ messages
 
-    async def add_messages(self, items: Any, default_priority: Any = None) -> AddResult:
+    async def add_messages(
+        self, items: Any, default_priority: Any = None, principal: Principal | None = None
+    ) -> AddResult:
         """Validate and queue a batch. Each bad message is rejected alone, with a reason;
-        raises :class:`InvalidInput` only when the batch itself is unusable."""
+        raises :class:`InvalidInput` only when the batch itself is unusable. A caller limited
+        to some accounts (``principal``) queues only for those, and never replaces another
+        account's message of the same id."""
         settings = self.config.service
         if not isinstance(items, list):
             raise InvalidInput("messages must be a list")
@@ -263,6 +275,8 @@ class Service:
                     message_id_domain=settings.message_id_domain,
                 )
                 self._check_volumes(message)
+                if principal is not None and not principal.may_use(message.account_id):
+                    raise InvalidInput(f"account_id: {NOT_YOURS}")
             except InvalidInput as exc:
                 rejected.append(Rejection(_item_id(item), str(exc)))
                 continue
@@ -281,7 +295,13 @@ class Service:
         events = [
             Event("queued", m.id, m.account_id, now, data={"priority": m.priority}) for m in valid
         ]
-        result = await self.store.enqueue(valid, events, now, settings.idempotency_window_seconds)
+        result = await self.store.enqueue(
+            valid,
+            events,
+            now,
+            settings.idempotency_window_seconds,
+            keep_other_accounts=principal is not None and principal.scoped,
+        )
         rejected.extend(Rejection(id_, reason) for id_, reason in result.refused.items())
         if result.queued:
             urgent = any(m.priority == IMMEDIATE for m in valid if m.id not in result.refused)
@@ -319,19 +339,43 @@ class Service:
         account_id: str | None = None,
         limit: int = 100,
         cursor: int | None = None,
+        principal: Principal | None = None,
     ) -> tuple[list[MessageRecord], int | None]:
+        """A page of messages; a caller limited to some accounts sees one of them at a time
+        (``account_id``, which it may leave out when it has only one)."""
+        if principal is not None and principal.accounts is not None:
+            if account_id is None and len(principal.accounts) == 1:
+                (account_id,) = principal.accounts
+            if account_id is None:
+                raise InvalidInput("missing account_id (this caller may see several accounts)")
+            if not principal.may_use(account_id):
+                raise Forbidden(f"account_id: {NOT_YOURS}")
         return await self.store.list_messages(
             status=status, account_id=account_id, limit=limit, cursor=cursor
         )
 
-    async def get_message(self, message_id: str) -> tuple[MessageRecord, list[Event]]:
+    async def get_message(
+        self, message_id: str, principal: Principal | None = None
+    ) -> tuple[MessageRecord, list[Event]]:
         found = await self.store.get_message(message_id)
-        if found is None:
+        if found is None or (principal is not None and not principal.may_use(found[0].account_id)):
             raise NotFound(f"message {message_id!r} not found")
         return found
 
-    async def delete_messages(self, ids: Sequence[str]) -> DeleteResult:
-        return await self.store.delete_messages(list(dict.fromkeys(ids)))
+    async def delete_messages(
+        self, ids: Sequence[str], principal: Principal | None = None
+    ) -> DeleteResult:
+        """Delete by id; another account's messages count as not found for a caller limited
+        to some accounts."""
+        ids = list(dict.fromkeys(ids))
+        foreign: list[str] = []
+        if principal is not None and principal.scoped:
+            owners = await self.store.accounts_of(ids)
+            foreign = [i for i in ids if i in owners and not principal.may_use(owners[i])]
+            ids = [i for i in ids if i not in set(foreign)]
+        result = await self.store.delete_messages(ids)
+        result.not_found.extend(foreign)
+        return result
 
     async def cleanup_messages(self, older_than_seconds: float | None = None) -> int:
         settings = self.config.service
@@ -362,18 +406,25 @@ class Service:
 
     # ------------------------------------------------------------------ accounts
 
-    async def put_account(self, payload: Any) -> Account:
+    async def put_account(self, payload: Any, principal: Principal | None = None) -> Account:
         account = parse_account(payload)
+        if principal is not None and not principal.may_use(account.id):
+            raise Forbidden(f"id: {NOT_YOURS}")
         await self.store.put_account(account, time.time())
         await self._forget_account(account.id)
         return account
 
-    async def list_accounts(self) -> list[Account]:
-        return await self.store.list_accounts()
+    async def list_accounts(self, principal: Principal | None = None) -> list[Account]:
+        accounts = await self.store.list_accounts()
+        return [a for a in accounts if principal is None or principal.may_use(a.id)]
 
-    async def delete_account(self, account_id: str, *, force: bool = False) -> None:
+    async def delete_account(
+        self, account_id: str, *, force: bool = False, principal: Principal | None = None
+    ) -> None:
         """Refused while the account has unsent messages, unless ``force``: then they end as
         ``error`` "account deleted" (and are reported like any other failure)."""
+        if principal is not None and not principal.may_use(account_id):
+            raise NotFound(f"account {account_id!r} not found")
         deletion = await self.store.delete_account(account_id, force=force, now=time.time())
         if not deletion.found:
             raise NotFound(f"account {account_id!r} not found")

@@ -118,10 +118,18 @@ class Store(Protocol):
         events: Sequence[Event],
         now: float,
         idempotency_window: float,
+        *,
+        keep_other_accounts: bool = False,
     ) -> EnqueueResult:
         """Insert new ids; replace unsent ones in place (they keep their queue position);
-        refuse ids being sent ("in flight") or sent within the window ("already sent").
+        refuse ids being sent ("in flight") or sent within the window ("already sent"). With
+        ``keep_other_accounts``, an unsent message of another account under the same id is
+        left alone and the new one refused ("id in use by another account").
         ``events`` are written for the ids that were queued."""
+        ...
+
+    async def accounts_of(self, message_ids: Sequence[str]) -> dict[str, str]:
+        """The account of each of these messages that exists (message id -> account id)."""
         ...
 
     # dispatch ----------------------------------------------------------------------------

@@ -271,6 +271,20 @@ async def test_a_batch_is_bounded_and_oldest_first(store: Store) -> None:
     assert [r.id for r in await store.pending_reports("client", 10)] == ids[3:]
 
 
+async def test_keep_other_accounts_refuses_to_move_a_message(store: Store) -> None:
+    await store.put_account(Account(id="b", host="h"), time.time())
+    await enqueue(store, msg("m1"), msg("m2"))
+    now = time.time()
+    moved = [msg("m1", account_id="b"), msg("m2")]  # m2: same account, replaced as ever
+    result = await store.enqueue(moved, [], now, WINDOW, keep_other_accounts=True)
+    assert result.queued == ["m2"]
+    assert result.refused == {"m1": "id in use by another account"}
+    assert await store.accounts_of(["m1", "m2", "nope"]) == {"m1": "acc", "m2": "acc"}
+    result = await store.enqueue(moved[:1], [], now, WINDOW)  # without: it moves
+    assert result.queued == ["m1"]
+    assert await store.accounts_of(["m1"]) == {"m1": "b"}
+
+
 async def test_a_lease_has_one_holder_at_a_time(store: Store) -> None:
     now = 1000.0
     assert await store.hold_lease("job", "p1", now, 30)

@@ -33,13 +33,16 @@ from gmp_core import (
     AccountBusy,
     Attachment,
     Event,
+    Forbidden,
     InvalidInput,
     Message,
     MessageRecord,
     NotFound,
+    Principal,
     Service,
 )
 from gmp_core.models import format_address
+from gmp_core.service import NOT_YOURS
 from gmp_rest import schemas as s
 
 log = logging.getLogger("gmp.rest")
@@ -49,10 +52,10 @@ M = TypeVar("M", bound=BaseModel)
 API_KEY_HEADER = "X-API-Token"
 OPEN_ENDPOINTS = frozenset({"health", "ready", "openapi"})
 UNAUTHORIZED = "Invalid or missing API token"
-LIMITED_PRINCIPAL = (
-    "this caller may act only on some accounts, and the API cannot limit a caller to its "
-    "accounts yet: refused"
-)
+# What a caller limited to some accounts may not do: act on every account at once (plugin
+# routes included: /metrics tells of every account).
+WHOLE_PROXY_ENDPOINTS = frozenset({"status", "run_now", "suspend", "activate", "cleanup_messages"})
+WHOLE_PROXY_ONLY = "this caller may act only on its own accounts, not on the whole proxy"
 HTTP_ERRORS = {404: "not found", 405: "method not allowed"}
 
 
@@ -82,6 +85,7 @@ def create_app(service: Service) -> Quart:
     app.before_request(authenticate)
     app.register_error_handler(RequestSchemaValidationError, schema_error)
     app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(Forbidden, forbidden)
     app.register_error_handler(Exception, internal_error)
     for rule, view, methods in ROUTES:
         app.add_url_rule(rule, view.__name__, view, methods=methods)
@@ -139,15 +143,28 @@ async def authenticate() -> ResponseReturnValue | None:
     principal = _service().authenticate(cast(Mapping[str, str], request.headers))
     if principal is None:
         return failure(401, UNAUTHORIZED)
-    if principal.accounts is not None:
-        # The endpoints do not filter by account yet: letting such a caller in would give it
-        # every account. Refuse rather than grant more than the auth plugin meant.
-        return failure(403, LIMITED_PRINCIPAL)
+    if principal.scoped and _acts_on_the_whole_proxy(request.endpoint):
+        return failure(403, WHOLE_PROXY_ONLY)
     g.principal = principal
     limit = request.max_content_length
     if limit is not None and (request.content_length or 0) > limit:
         raise RequestEntityTooLarge()  # answered before a byte of the body is read
     return None
+
+
+def _acts_on_the_whole_proxy(endpoint: str | None) -> bool:
+    return endpoint in WHOLE_PROXY_ENDPOINTS or (endpoint or "").startswith("plugin:")
+
+
+def _principal() -> Principal:
+    principal: Principal = g.principal
+    return principal
+
+
+def _check_account(account_id: str | None) -> None:
+    """A caller limited to some accounts names only those (None: a thing of every account)."""
+    if not _principal().may_use(account_id):
+        raise Forbidden(f"account_id: {NOT_YOURS}")
 
 
 async def read_json() -> Any:
@@ -222,6 +239,10 @@ async def http_error(exc: HTTPException) -> ResponseReturnValue:
     if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
         return body, status, {"Allow": ", ".join(exc.valid_methods)}
     return body, status
+
+
+async def forbidden(exc: Forbidden) -> ResponseReturnValue:
+    return failure(403, str(exc))
 
 
 async def internal_error(exc: Exception) -> ResponseReturnValue:
@@ -342,6 +363,7 @@ async def ready() -> ResponseReturnValue:
 
 
 @document_response(s.StatusAnswer)
+@document_response(s.Failure, 403)
 async def status() -> ResponseReturnValue:
     """Whether sending is active, queue counts by state, loop heartbeats."""
     return {"ok": True, **await _service().status()}
@@ -354,7 +376,9 @@ async def add_messages() -> ResponseReturnValue:
     """Queue a batch; each bad message is rejected alone, with a reason."""
     body = await read_body(s.AddMessagesBody)
     try:
-        result = await _service().add_messages(body.messages, body.default_priority)
+        result = await _service().add_messages(
+            body.messages, body.default_priority, principal=_principal()
+        )
     except InvalidInput as exc:
         return failure(400, str(exc))
     rejected = [{"id": r.id, "reason": r.reason} for r in result.rejected]
@@ -362,6 +386,7 @@ async def add_messages() -> ResponseReturnValue:
 
 
 @document_response(s.Ok)
+@document_response(s.Failure, 403)
 async def run_now() -> ResponseReturnValue:
     """Wake the dispatcher (and the reporters) at once."""
     _service().run_now()
@@ -369,12 +394,14 @@ async def run_now() -> ResponseReturnValue:
 
 
 @document_response(s.ActiveAnswer)
+@document_response(s.Failure, 403)
 async def suspend() -> ResponseReturnValue:
     """Stop sending (persisted); messages are still accepted."""
     return {"ok": True, "active": await _service().set_active(False)}
 
 
 @document_response(s.ActiveAnswer)
+@document_response(s.Failure, 403)
 async def activate() -> ResponseReturnValue:
     """Resume sending."""
     return {"ok": True, "active": await _service().set_active(True)}
@@ -385,7 +412,7 @@ async def activate() -> ResponseReturnValue:
 async def delete_messages() -> ResponseReturnValue:
     """Delete messages by id; one being sent right now is skipped."""
     body = await read_body(s.DeleteMessagesBody)
-    result = await _service().delete_messages(body.ids)
+    result = await _service().delete_messages(body.ids, principal=_principal())
     skipped = [{"id": id_, "reason": "in flight"} for id_ in result.in_flight]
     return {
         "ok": True,
@@ -397,6 +424,7 @@ async def delete_messages() -> ResponseReturnValue:
 
 @document_request(s.CleanupBody)
 @document_response(s.CleanupAnswer)
+@document_response(s.Failure, 403)
 async def cleanup_messages() -> ResponseReturnValue:
     """Remove reported final messages older than ``older_than_seconds``."""
     body = await read_body(s.CleanupBody)
@@ -405,12 +433,20 @@ async def cleanup_messages() -> ResponseReturnValue:
 
 @document_querystring(s.ListMessagesQuery)
 @document_response(s.MessagesAnswer)
+@document_response(s.Failure, 403)
 async def list_messages() -> ResponseReturnValue:
     """A page of messages in arrival order; pass ``next_cursor`` back as ``cursor``."""
     query = parse_query(s.ListMessagesQuery)
-    records, next_cursor = await _service().list_messages(
-        status=query.status, account_id=query.account_id, limit=query.limit, cursor=query.cursor
-    )
+    try:
+        records, next_cursor = await _service().list_messages(
+            status=query.status,
+            account_id=query.account_id,
+            limit=query.limit,
+            cursor=query.cursor,
+            principal=_principal(),
+        )
+    except InvalidInput as exc:
+        return failure(422, str(exc))
     return {"ok": True, "messages": [record_out(r) for r in records], "next_cursor": next_cursor}
 
 
@@ -419,7 +455,7 @@ async def list_messages() -> ResponseReturnValue:
 async def get_message(message_id: str) -> ResponseReturnValue:
     """One message with its event history."""
     try:
-        record, events = await _service().get_message(message_id)
+        record, events = await _service().get_message(message_id, principal=_principal())
     except NotFound:
         return failure(404, "message not found")
     return {"ok": True, "message": message_out(record), "events": [event_out(e) for e in events]}
@@ -428,10 +464,11 @@ async def get_message(message_id: str) -> ResponseReturnValue:
 @document_request(s.AccountRequest)
 @document_response(s.Ok)
 @document_response(s.Failure, 422)
+@document_response(s.Failure, 403)
 async def put_account() -> ResponseReturnValue:
     """Create or replace an account."""
     try:
-        await _service().put_account(await read_json())
+        await _service().put_account(await read_json(), principal=_principal())
     except InvalidInput as exc:
         return failure(422, str(exc))
     return {"ok": True}
@@ -440,7 +477,8 @@ async def put_account() -> ResponseReturnValue:
 @document_response(s.AccountsAnswer)
 async def list_accounts() -> ResponseReturnValue:
     """Every account; passwords are never returned."""
-    return {"ok": True, "accounts": [a.public() for a in await _service().list_accounts()]}
+    accounts = await _service().list_accounts(principal=_principal())
+    return {"ok": True, "accounts": [a.public() for a in accounts]}
 
 
 @document_querystring(s.DeleteAccountQuery)
@@ -451,7 +489,7 @@ async def delete_account(account_id: str) -> ResponseReturnValue:
     """Delete an account; refused (409) while it has unsent messages unless ``force``."""
     query = parse_query(s.DeleteAccountQuery)
     try:
-        await _service().delete_account(account_id, force=query.force)
+        await _service().delete_account(account_id, force=query.force, principal=_principal())
     except NotFound:
         return failure(404, "account not found")
     except AccountBusy as exc:
@@ -493,10 +531,13 @@ def _volumes_disabled() -> tuple[dict[str, Any], int]:
 @document_request(s.VolumeRequest)
 @document_response(s.VolumeSetAnswer)
 @document_response(s.Failure, 422)
+@document_response(s.Failure, 403)
 async def put_volume() -> ResponseReturnValue:
     """Create or replace a volume; usable by the next message, kept across restarts."""
+    payload = await read_json()
+    _check_account(payload.get("account_id") if isinstance(payload, dict) else None)
     try:
-        volume = await _volumes().put(await read_json())
+        volume = await _volumes().put(payload)
     except _NoVolumes:
         return _volumes_disabled()
     except InvalidInput as exc:
@@ -506,21 +547,30 @@ async def put_volume() -> ResponseReturnValue:
 
 @document_querystring(s.VolumeQuery)
 @document_response(s.VolumesAnswer)
+@document_response(s.Failure, 403)
 async def list_volumes() -> ResponseReturnValue:
     """Every volume; with ``account_id``, that account's and the global ones."""
     query = parse_query(s.VolumeQuery)
+    principal = _principal()
+    if query.account_id is not None:
+        _check_account(query.account_id)
     try:
-        return {"ok": True, "volumes": _volumes().list(query.account_id)}
+        volumes = _volumes().list(query.account_id)
     except _NoVolumes:
         return _volumes_disabled()
+    visible = [v for v in volumes if v["account_id"] is None or principal.may_use(v["account_id"])]
+    return {"ok": True, "volumes": visible}
 
 
 @document_querystring(s.VolumeQuery)
 @document_response(s.VolumeAnswer)
 @document_response(s.Failure, 404)
+@document_response(s.Failure, 403)
 async def get_volume(name: str) -> ResponseReturnValue:
     """One volume: the account's own with ``account_id`` if it has one, else the global one."""
     query = parse_query(s.VolumeQuery)
+    if query.account_id is not None:
+        _check_account(query.account_id)
     try:
         volume = _volumes().get(name, query.account_id)
     except _NoVolumes:
@@ -534,9 +584,11 @@ async def get_volume(name: str) -> ResponseReturnValue:
 @document_response(s.Ok)
 @document_response(s.Failure, 404)
 @document_response(s.Failure, 409)
+@document_response(s.Failure, 403)
 async def delete_volume(name: str) -> ResponseReturnValue:
     """Delete the volume with this name and ``account_id`` (none: the global one)."""
     query = parse_query(s.VolumeQuery)
+    _check_account(query.account_id)
     try:
         deleted = await _volumes().delete(name, query.account_id)
     except _NoVolumes:

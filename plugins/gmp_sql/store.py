@@ -124,7 +124,7 @@ ON CONFLICT (id) DO UPDATE SET account_id = excluded.account_id,
     deferred_ts = excluded.deferred_ts, claimed_by = NULL, lease_until = NULL,
     sent_ts = NULL, error_ts = NULL, error = NULL, reported_ts = NULL,
     updated_at = excluded.updated_at
-WHERE messages.state NOT IN ('sending', 'sent')
+WHERE messages.state NOT IN ('sending', 'sent'){same_account}
 RETURNING id, pk
 """
 
@@ -326,8 +326,11 @@ class SqlStore:
         events: Sequence[Event],
         now: float,
         idempotency_window: float,
+        *,
+        keep_other_accounts: bool = False,
     ) -> EnqueueResult:
         result = EnqueueResult()
+        same_account = " AND messages.account_id = excluded.account_id"
         if not messages:
             return result
         ids = [m.id for m in messages]
@@ -356,28 +359,38 @@ class SqlStore:
                         now,
                         now,
                     ]
-                rows = self._sql(_ENQUEUE_SQL.format(rows=_value_rows(len(chunk), 8)), params)
+                sql = _ENQUEUE_SQL.format(
+                    rows=_value_rows(len(chunk), 8),
+                    same_account=same_account if keep_other_accounts else "",
+                )
+                rows = self._sql(sql, params)
                 queued.update(rows)
             self._write_payloads([(queued[m.id], m) for m in fresh if m.id in queued])
             self._insert_events(e for e in events if e.message_id in queued)
             if queued:
                 self._notify_new_work()
             refused = [i for i in ids if i not in queued]
-            states = (
-                dict(
-                    self._sql(
-                        f"SELECT id, state FROM messages WHERE id IN ({_marks(refused)})", refused
-                    )
+            found = (
+                self._sql(
+                    f"SELECT id, state, account_id FROM messages WHERE id IN ({_marks(refused)})",
+                    refused,
                 )
                 if refused
-                else {}
+                else []
             )
+        states = {id_: (state, account) for id_, state, account in found}
+        accounts = {m.id: m.account_id for m in messages}
         for message_id in ids:
             if message_id in queued:
                 result.queued.append(message_id)
+                continue
+            state, account = states.get(message_id, (None, None))
+            if state == State.SENDING:
+                result.refused[message_id] = "in flight"
+            elif state not in (None, State.SENT) and account != accounts[message_id]:
+                result.refused[message_id] = "id in use by another account"
             else:
-                in_flight = states.get(message_id) == State.SENDING
-                result.refused[message_id] = "in flight" if in_flight else "already sent"
+                result.refused[message_id] = "already sent"
         return result
 
     # ------------------------------------------------------------------ dispatch
@@ -703,6 +716,16 @@ class SqlStore:
         record = _record(rows[0])
         record.payload = self._payloads([rows[0]["pk"]]).get(rows[0]["pk"])
         return record, [_event(e) for e in events]
+
+    @on_db_thread
+    def accounts_of(self, message_ids: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for chunk in _chunks(message_ids):
+            rows = self._sql(
+                f"SELECT id, account_id FROM messages WHERE id IN ({_marks(chunk)})", chunk
+            )
+            found.update(rows)
+        return found
 
     @on_db_thread
     def delete_messages(self, ids: Sequence[str]) -> DeleteResult:

@@ -510,26 +510,25 @@ class ClientCertificate:
         return None if subject is None else Principal(subject, accounts=frozenset({subject}))
 
 
-async def test_a_caller_limited_to_some_accounts_is_refused(
-    start_service: ServiceFactory,
-) -> None:
-    """The endpoints cannot limit a caller to its accounts yet: such a caller gets nothing,
-    rather than every account."""
+async def test_an_auth_plugins_account_limit_is_enforced(start_service: ServiceFactory) -> None:
+    """Any auth plugin's ``Principal.accounts`` binds, not only token_auth's account tokens."""
     service = await start_service(ClientCertificate())
     async with httpx.AsyncClient(base_url=base_url(service)) as http:
         limited = {"X-Client-Subject": "acc"}
-        for method, path in [("GET", "/status"), ("GET", "/messages"), ("GET", "/accounts")]:
-            response = await http.request(method, path, headers=limited)
-            assert response.status_code == 403, path
-            assert "only on some accounts" in response.json()["error"]
+        assert (await http.get("/status", headers=limited)).status_code == 403
+        assert (await http.post("/account", json=account(), headers=limited)).is_success
         add = await http.post(
-            "/commands/add-messages", json={"messages": [message("m1")]}, headers=limited
+            "/commands/add-messages",
+            json={"messages": [message("m1"), message("m2", account_id="other")]},
+            headers=limited,
         )
-        assert add.status_code == 403
-        assert (await http.get("/messages", headers={"X-API-Token": TOKEN})).json()[
-            "messages"
-        ] == []  # nothing was queued
-        assert (await http.get("/status", headers={"X-API-Token": TOKEN})).status_code == 200
+        assert add.json()["rejected"] == [
+            {"id": "m2", "reason": "account_id: not allowed for this caller"}
+        ]
+        listed = await http.get("/messages", headers=limited)
+        assert [m["id"] for m in listed.json()["messages"]] == ["m1"]
+        elsewhere = await http.get("/messages", params={"account_id": "x"}, headers=limited)
+        assert elsewhere.status_code == 403
 
 
 class ExplodingAuth:
