@@ -317,10 +317,18 @@ class Service:
         await self.notify_events([enqueued])
         await self.notify_events(e for e in events if e.message_id in queued)
         rejections = [Event("rejected", r.id or "", None, now, detail=r.reason) for r in rejected]
-        if any(r.id for r in rejected):  # history of the ids the client used
-            await self.store.add_events([e for e in rejections if e.message_id])
+        await self._keep_rejections([e for e in rejections if e.message_id], principal)
         await self.notify_events(rejections)
         return AddResult(queued=len(result.queued), rejected=rejected)
+
+    async def _keep_rejections(self, events: list[Event], principal: Principal | None) -> None:
+        """Into the history of the ids the client used; a caller limited to some accounts
+        writes none into the history of another account's message."""
+        if events and principal is not None and principal.scoped:
+            owners = await self.store.accounts_of([e.message_id for e in events])
+            events = [e for e in events if principal.may_use(owners.get(e.message_id, None))]
+        if events:
+            await self.store.add_events(events)
 
     def _check_volumes(self, message: Message) -> None:
         for attachment in message.attachments:

@@ -67,8 +67,9 @@ async def test_never_replaces_another_accounts_message(
         "/commands/add-messages", json={"messages": [mail("o1", "shop", subject="mine now")]}
     )
     assert answer.json()["rejected"] == [{"id": "o1", "reason": "id in use by another account"}]
-    record, _ = await service.get_message("o1")
+    record, history = await service.get_message("o1")
     assert record.account_id == "other"
+    assert [e.kind for e in history] == ["queued"]  # nothing written into another's history
     async with caller(service, TOKEN) as admin:  # the admin token may move it, as before
         moved = await admin.post("/commands/add-messages", json={"messages": [mail("o1", "shop")]})
     assert moved.json()["queued"] == 1
