@@ -380,7 +380,7 @@ class Service:
         if principal is not None and principal.scoped:
             owners = await self.store.accounts_of(ids)
             foreign = [i for i in ids if i in owners and not principal.may_use(owners[i])]
-            ids = [i for i in ids if i not in set(foreign)]
+            ids = [i for i in ids if i not in owners or principal.may_use(owners[i])]
         result = await self.store.delete_messages(ids)
         result.not_found.extend(foreign)
         return result
