@@ -254,12 +254,17 @@ class Config:
             problems = []
             for error in exc.errors(include_input=False, include_url=False):
                 key = str(error["loc"][0]) if error["loc"] else ""
-                where = sources.get(key, f"[{table}] {key}")
+                where = sources.get(key, f"[{table}] {key}") + _inner(error["loc"][1:])
                 if error["type"] == "extra_forbidden":
                     problems.append(f"{where}: unknown key")
                 else:
                     problems.append(f"{where}: {error['msg']}")
             raise ConfigError("; ".join(problems)) from None
+
+
+def _inner(loc: tuple[int | str, ...]) -> str:
+    """Where in a key's list or table: ``[0].token``."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
 
 
 def _parse_env(value: str, annotation: Any) -> Any:
