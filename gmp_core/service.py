@@ -349,17 +349,14 @@ class Service:
         cursor: int | None = None,
         principal: Principal | None = None,
     ) -> tuple[list[MessageRecord], int | None]:
-        """A page of messages; a caller limited to some accounts sees one of them at a time
-        (``account_id``, which it may leave out when it has only one)."""
+        """A page of messages; a caller limited to some accounts sees theirs only."""
+        accounts = None
         if principal is not None and principal.accounts is not None:
-            if account_id is None and len(principal.accounts) == 1:
-                (account_id,) = principal.accounts
-            if account_id is None:
-                raise InvalidInput("missing account_id (this caller may see several accounts)")
-            if not principal.may_use(account_id):
+            if account_id is not None and not principal.may_use(account_id):
                 raise Forbidden(f"account_id: {NOT_YOURS}")
+            accounts = sorted(principal.accounts)
         return await self.store.list_messages(
-            status=status, account_id=account_id, limit=limit, cursor=cursor
+            status=status, account_id=account_id, limit=limit, cursor=cursor, accounts=accounts
         )
 
     async def get_message(

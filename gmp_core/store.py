@@ -183,9 +183,16 @@ class Store(Protocol):
 
     # admin -------------------------------------------------------------------------------
     async def list_messages(
-        self, *, status: str | None, account_id: str | None, limit: int, cursor: int | None
+        self,
+        *,
+        status: str | None,
+        account_id: str | None,
+        limit: int,
+        cursor: int | None,
+        accounts: Sequence[str] | None = None,
     ) -> tuple[list[MessageRecord], int | None]:
-        """A page of messages in arrival order, and the cursor of the next page."""
+        """A page of messages in arrival order, and the cursor of the next page; with
+        ``accounts``, only messages of those."""
         ...
 
     async def get_message(self, message_id: str) -> tuple[MessageRecord, list[Event]] | None: ...

@@ -280,6 +280,9 @@ async def test_keep_other_accounts_refuses_to_move_a_message(store: Store) -> No
     assert result.queued == ["m2"]
     assert result.refused == {"m1": "id in use by another account"}
     assert await store.accounts_of(["m1", "m2", "nope"]) == {"m1": "acc", "m2": "acc"}
+    listing = {"status": None, "account_id": None, "limit": 10, "cursor": None}
+    assert len((await store.list_messages(**listing, accounts=["acc", "b"]))[0]) == 2
+    assert (await store.list_messages(**listing, accounts=["b"]))[0] == []
     result = await store.enqueue(moved[:1], [], now, WINDOW)  # without: it moves
     assert result.queued == ["m1"]
     assert await store.accounts_of(["m1"]) == {"m1": "b"}

@@ -437,16 +437,13 @@ async def cleanup_messages() -> ResponseReturnValue:
 async def list_messages() -> ResponseReturnValue:
     """A page of messages in arrival order; pass ``next_cursor`` back as ``cursor``."""
     query = parse_query(s.ListMessagesQuery)
-    try:
-        records, next_cursor = await _service().list_messages(
-            status=query.status,
-            account_id=query.account_id,
-            limit=query.limit,
-            cursor=query.cursor,
-            principal=_principal(),
-        )
-    except InvalidInput as exc:
-        return failure(422, str(exc))
+    records, next_cursor = await _service().list_messages(
+        status=query.status,
+        account_id=query.account_id,
+        limit=query.limit,
+        cursor=query.cursor,
+        principal=_principal(),
+    )
     return {"ok": True, "messages": [record_out(r) for r in records], "next_cursor": next_cursor}
 
 

@@ -692,7 +692,13 @@ class SqlStore:
 
     @on_db_thread
     def list_messages(
-        self, *, status: str | None, account_id: str | None, limit: int, cursor: int | None
+        self,
+        *,
+        status: str | None,
+        account_id: str | None,
+        limit: int,
+        cursor: int | None,
+        accounts: Sequence[str] | None = None,
     ) -> tuple[list[MessageRecord], int | None]:
         msg = self.schema.Message
         query = msg.select().order_by(msg.pk).limit(limit)
@@ -700,6 +706,8 @@ class SqlStore:
             query = query.where(msg.state == status)
         if account_id:
             query = query.where(msg.account_id == account_id)
+        if accounts is not None:
+            query = query.where(msg.account_id.in_(list(accounts)))
         if cursor is not None:
             query = query.where(msg.pk > cursor)
         rows = _dicts(query)
