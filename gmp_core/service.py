@@ -136,8 +136,8 @@ class Service:
             self._collect_plugin_objects()
             self.active = await store.get_flag("active") != "false"
             self._dispatcher = Dispatcher(self)
-            await store.watch(self._dispatcher.wake)
             self._reporting = Reporting(self)
+            await store.watch(self._dispatcher.wake, reports=self._reporting.wake)
             await self._reporting.prepare()
             await call_each(hook.gmp_startup, service=self)
         except BaseException:

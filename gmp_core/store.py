@@ -102,9 +102,12 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    async def watch(self, wake: Callable[[], None]) -> None:
-        """From now on call ``wake()`` whenever another process queues messages (a store that
-        only one process uses may do nothing: the service wakes its own dispatcher)."""
+    async def watch(
+        self, wake: Callable[[], None], reports: Callable[[], None] | None = None
+    ) -> None:
+        """From now on call ``wake()`` whenever another process queues messages, and
+        ``reports()`` whenever another records reports (a store that only one process uses
+        may do nothing: the service wakes its own loops)."""
         ...
 
     async def ping(self) -> None:

@@ -273,3 +273,50 @@ async def test_readiness_follows_postgresql_down_and_up(tmp_path: Path, postgres
         assert (await until(lambda state: state[0] == 200))[1] == 200
     finally:
         await proxy.stop(signal.SIGKILL)
+
+
+async def test_reports_recorded_elsewhere_wake_the_reporting_process(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The process looks for reports by itself only once a minute: only NOTIFY can make it
+    post, within the test's time, a report another process recorded (here: this test's
+    store, sending while the process is suspended)."""
+    from gmp_sql import SqlSettings, gmp_make_store
+
+    from gmp_core import Config, Event, Outcome, State
+    from gmp_core.intake import parse_message
+    from tests.receiver import ReportReceiver
+
+    receiver = await ReportReceiver().start()
+    config = write_config(tmp_path, postgres_url)
+    with config.open("a") as file:
+        file.write(
+            f'[proxy_sync]\nurl = "{receiver.url}"\n'
+            "[reporting]\ninterval = 0\npoll_interval = 60\nheartbeat_seconds = 0\n"
+        )
+    proxy = await ServeProcess(config).start()
+    settings = Config({"sql": {"url": postgres_url}}, environ={})
+    settings.register("sql", SqlSettings)
+    elsewhere = gmp_make_store(settings)
+    assert elsewhere is not None
+    try:
+        async with proxy.client() as client:
+            await post(client, "/commands/suspend", {})  # it claims nothing: the test sends
+            await post(client, "/account", {"id": "acc", "host": "127.0.0.1", "tls": "none"})
+        await proxy.wait_for_log(b"listening for messages queued by other processes")
+        await elsewhere.open()
+        await elsewhere.set_reporters({"proxy_sync": False})
+        now = time.time()
+        queued = parse_message(message("far"), default_priority=2, default_account=None)
+        await elsewhere.enqueue([queued], [], now, 86400)
+        (claim,) = await elsewhere.claim(
+            "elsewhere", now, limit=1, lease_seconds=60, default_batch_size=10
+        )
+        outcome = Outcome("far", State.SENT, Event("sent", "far", "acc", now, code=250))
+        await elsewhere.record("elsewhere", [outcome], now)
+        await receiver.wait(lambda r: [x["id"] for x in r.reported()] == ["far"], timeout=20)
+        assert claim.message.id == "far"
+    finally:
+        await elsewhere.close()
+        await proxy.stop(signal.SIGKILL)
+        await receiver.stop()

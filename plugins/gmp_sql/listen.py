@@ -1,8 +1,11 @@
-"""PostgreSQL ``LISTEN``: messages queued by any process wake the idle dispatchers of all.
+"""PostgreSQL ``LISTEN``: what one process writes wakes the others at once.
 
-Enqueue sends ``NOTIFY gmp_new_work`` inside its transaction (delivered at commit); each
-process keeps one extra connection listening. The listener also watches the database: while
-it cannot connect it says so once in the log, and once more when the database is back.
+Messages queued by any process wake the idle dispatchers of all (enqueue sends ``NOTIFY
+gmp_new_work`` inside its transaction, delivered at commit), and reports recorded by any
+process wake the report loops of all, one of which posts them (``gmp_new_reports``). Each
+process keeps one extra connection listening to both. The listener also watches the
+database: while it cannot connect it says so once in the log, and once more when the
+database is back.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 log = logging.getLogger("gmp.sql")
@@ -20,11 +23,13 @@ RETRY_SECONDS = 2.0
 CHECK_SECONDS = 30.0  # a connection silently gone is noticed by this periodic query
 
 
-class NewWorkListener:
-    def __init__(self, url: str, channel: str, wake: Callable[[], None]) -> None:
+class Listener:
+    """Calls ``channels[name]()`` whenever a ``NOTIFY name`` arrives, and every one of them
+    when (re)connected: nothing was heard meanwhile."""
+
+    def __init__(self, url: str, channels: Mapping[str, Callable[[], None]]) -> None:
         self.url = url
-        self.channel = channel
-        self.wake = wake
+        self.channels = dict(channels)
         self.reachable = True
         self._task: asyncio.Task[None] | None = None
         self._down_since: float | None = None
@@ -59,9 +64,11 @@ class NewWorkListener:
     async def _listen(self, conn: Any) -> None:
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
-        await conn.add_listener(self.channel, lambda *_notification: self.wake())
+        for channel, wake in self.channels.items():
+            await conn.add_listener(channel, _caller(wake))
         self._came_back()
-        self.wake()  # whatever was queued while nobody listened
+        for wake in self.channels.values():  # whatever came while nobody listened
+            wake()
         while not lost.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(lost.wait(), CHECK_SECONDS)
@@ -89,3 +96,8 @@ class NewWorkListener:
                 "PostgreSQL is reachable again after %.0fs", time.monotonic() - self._down_since
             )
             self._down_since = None
+
+
+def _caller(wake: Callable[[], None]) -> Callable[..., None]:
+    """asyncpg calls listeners with (connection, pid, channel, payload)."""
+    return lambda *_notification: wake()

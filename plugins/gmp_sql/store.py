@@ -40,7 +40,7 @@ from gmp_core import (
     TlsMode,
     VolumeRecord,
 )
-from gmp_sql.listen import NewWorkListener
+from gmp_sql.listen import Listener
 from gmp_sql.runner import DatabaseThread, Runner, on_db_thread
 from gmp_sql.schema import MIGRATIONS, SCHEMA_VERSION, Schema, bind_schema
 from gmp_sql.secrets import (
@@ -65,6 +65,7 @@ CANDIDATES_PER_CLAIM = 2
 UNSENT = (State.QUEUED, State.SCHEDULED, State.SENDING)
 SCHEMA_LOCK_ID = 0x676D7001  # PostgreSQL advisory lock taken while creating the schema
 NEW_WORK_CHANNEL = "gmp_new_work"  # PostgreSQL NOTIFY channel: messages were queued
+NEW_REPORTS_CHANNEL = "gmp_new_reports"  # and: reports wait for a reporter
 _OUTCOME_TYPES = (
     "TEXT",
     "TEXT",
@@ -166,7 +167,7 @@ class SqlStore:
         self.db = db
         self.keyring = keyring or Keyring()  # no key: secrets in clear (warned at open)
         self._listen_url = listen_url
-        self._listener: NewWorkListener | None = None
+        self._listener: Listener | None = None
         self.runner: Runner = runner or DatabaseThread(db)
         self.schema: Schema = bind_schema(db)
         self.postgres = isinstance(db, pw.PostgresqlDatabase)
@@ -303,9 +304,14 @@ class SqlStore:
                 resealed += len(stale) if changed else 0
         return resealed, current
 
-    async def watch(self, wake: Callable[[], None]) -> None:
+    async def watch(
+        self, wake: Callable[[], None], reports: Callable[[], None] | None = None
+    ) -> None:
         if self._listen_url is not None:
-            self._listener = NewWorkListener(self._listen_url, NEW_WORK_CHANNEL, wake)
+            channels = {NEW_WORK_CHANNEL: wake}
+            if reports is not None:
+                channels[NEW_REPORTS_CHANNEL] = reports
+            self._listener = Listener(self._listen_url, channels)
             self._listener.start()
 
     async def close(self) -> None:
@@ -536,6 +542,8 @@ class SqlStore:
                 + _value_rows(len(chunk), 3),
                 [v for row in chunk for v in row],
             )
+        if rows and self.postgres:  # the process posting them may be another (at commit)
+            self._sql("SELECT pg_notify(?, '')", [NEW_REPORTS_CHANNEL])
 
     def _reported_mark(self, now: float) -> float | None:
         """``reported_ts`` of a message as it ends: none until reporters acknowledge it."""
