@@ -166,7 +166,9 @@ class VolumeRegistry:
             for key, record in records.items():
                 current = self._mounted.get(key)
                 if current is not None and current.updated_at == record.updated_at:
-                    continue  # as mounted (or defined in plugins.toml, which wins)
+                    continue  # as mounted
+                if (*key, record.updated_at) in self._complained:
+                    continue  # could not be mounted: not tried again until it changes
                 source = await self._mount_stored(record)
                 if source is not None:
                     self._install(_definition(record), source, record)
