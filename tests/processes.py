@@ -42,7 +42,7 @@ class ServeProcess:
         async with asyncio.timeout(30):
             while not self.url:
                 line = await self.proc.stderr.readline()
-                assert line, "gmp serve exited during start-up"
+                assert line, "gmp serve exited during start-up:\n" + b"".join(self.log).decode()
                 self.log.append(line)
                 if found := LISTENING.search(line):
                     self.url = found.group(1).decode()

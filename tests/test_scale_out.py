@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from gmp_core import testing
 from gmp_core.testing import SmtpSink
 from tests.processes import TOKEN, ServeProcess, post
 from tests.support import message
@@ -41,6 +42,15 @@ async def cluster(tmp_path: Path, postgres_url: str) -> AsyncIterator[list[Serve
     yield started
     for process in started:
         await process.stop(signal.SIGKILL)
+
+
+def report_to(config: Path, receiver: testing.ReportReceiver, **reporting: float) -> None:
+    """Add proxy_sync to ``receiver`` and a ``[reporting]`` table (no interval, no
+    heartbeat, plus ``reporting``) to the config file."""
+    table = {"interval": 0, "heartbeat_seconds": 0, **reporting}
+    with config.open("a") as file:
+        file.write(f'[proxy_sync]\nurl = "{receiver.url}"\n[reporting]\n')
+        file.writelines(f"{key} = {value}\n" for key, value in table.items())
 
 
 async def add_account(proxy: ServeProcess, sink: SmtpSink, **fields: object) -> None:
@@ -220,11 +230,7 @@ async def test_one_process_posts_each_report_once(
 
     receiver = await ReportReceiver().start()
     config = write_config(tmp_path, postgres_url)
-    with config.open("a") as file:
-        file.write(
-            f'[proxy_sync]\nurl = "{receiver.url}"\n'
-            "[reporting]\ninterval = 0\npoll_interval = 0.2\nheartbeat_seconds = 0\n"
-        )
+    report_to(config, receiver, poll_interval=0.2)
     cluster = [await ServeProcess(config).start() for _ in range(3)]
     try:
         await add_account(cluster[0], sink)
@@ -289,11 +295,7 @@ async def test_reports_recorded_elsewhere_wake_the_reporting_process(
 
     receiver = await ReportReceiver().start()
     config = write_config(tmp_path, postgres_url)
-    with config.open("a") as file:
-        file.write(
-            f'[proxy_sync]\nurl = "{receiver.url}"\n'
-            "[reporting]\ninterval = 0\npoll_interval = 60\nheartbeat_seconds = 0\n"
-        )
+    report_to(config, receiver, poll_interval=60)
     proxy = await ServeProcess(config).start()
     settings = Config({"sql": {"url": postgres_url}}, environ={})
     settings.register("sql", SqlSettings)
@@ -332,12 +334,7 @@ async def test_kills_across_two_processes_lose_no_message_and_no_report(
 
     receiver = await ReportReceiver().start()
     config = write_config(tmp_path, postgres_url, lease_seconds=2)
-    with config.open("a") as file:
-        file.write(
-            f'[proxy_sync]\nurl = "{receiver.url}"\n'
-            "[reporting]\ninterval = 0\npoll_interval = 0.2\nheartbeat_seconds = 0\n"
-            "lease_seconds = 2\n"
-        )
+    report_to(config, receiver, poll_interval=0.2, lease_seconds=2)
     total, kills = 2000, 6
     pair = [await ServeProcess(config).start() for _ in range(2)]
     try:

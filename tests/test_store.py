@@ -451,3 +451,27 @@ async def test_volumes_are_keyed_by_name_and_account(store: Store) -> None:
     assert not await store.delete_volume("docs", "someone-else")
     assert await store.delete_volume("docs", "acc")
     assert [v.account_id for v in await store.list_volumes()] == [None]
+
+
+async def test_opening_an_up_to_date_database_takes_no_table_locks(postgres_url: str) -> None:
+    """A process starting beside busy ones must not wait for (or deadlock with) their
+    writes: on a database already at the current version, opening runs no DDL, which would
+    lock the tables (even CREATE INDEX IF NOT EXISTS does)."""
+    import asyncpg
+
+    first = make_store(postgres_url)
+    await first.open()
+    await first.close()
+    url, _, search_path = postgres_url.partition("?search_path=")
+    busy = await asyncpg.connect(url, server_settings={"search_path": search_path})
+    try:
+        transaction = busy.transaction()
+        await transaction.start()
+        await busy.execute("UPDATE messages SET priority = priority")  # holds ROW EXCLUSIVE
+        second = make_store(postgres_url)
+        async with asyncio.timeout(10):
+            await second.open()
+        await second.close()
+        await transaction.rollback()
+    finally:
+        await busy.close()

@@ -198,9 +198,23 @@ class SqlStore:
         with self._write():
             if self.postgres:  # processes starting together create the schema one at a time
                 self._sql("SELECT pg_advisory_xact_lock(?)", [SCHEMA_LOCK_ID])
-            self.db.create_tables(self.schema.models, safe=True)
-            self._migrate()
+            # Up to date: no DDL at all. Even a CREATE ... IF NOT EXISTS of an index takes
+            # table locks, and deadlocked a process restarting beside busy ones.
+            if self._schema_version() != SCHEMA_VERSION:
+                self.db.create_tables(self.schema.models, safe=True)
+                self._migrate()
         self._check_secrets()
+
+    def _schema_version(self) -> int | None:
+        exists = (  # in the schema the connection uses (search_path), not only "public"
+            "SELECT to_regclass('gmp_schema') IS NOT NULL"
+            if self.postgres
+            else "SELECT COUNT(*) > 0 FROM sqlite_master WHERE name = 'gmp_schema'"
+        )
+        if not self._sql(exists)[0][0]:
+            return None
+        version: int | None = self._sql("SELECT MAX(version) FROM gmp_schema")[0][0]
+        return version
 
     def _migrate(self) -> None:
         """Bring an older database up to ``SCHEMA_VERSION``, one step at a time. New tables and
