@@ -904,22 +904,10 @@ class SqlStore:
         self, config: Mapping[str, Any], name: str, owner: str | None
     ) -> dict[str, Any]:
         """The config as stored: credentials sealed, the rest readable as it is."""
-        secret = _secret_fields(config)
-        return {
-            field: self.keyring.seal(value, volume_place(name, owner, field))
-            if field in secret
-            else value
-            for field, value in config.items()
-        }
+        return _map_secrets(config, name, owner, self.keyring.seal)
 
     def _open_config(self, config: dict[str, Any], name: str, owner: str | None) -> dict[str, Any]:
-        secret = _secret_fields(config)
-        return {
-            field: self.keyring.open(value, volume_place(name, owner, field))
-            if field in secret
-            else value
-            for field, value in config.items()
-        }
+        return _map_secrets(config, name, owner, self.keyring.open)
 
     @on_db_thread
     def delete_volume(self, name: str, account_id: str | None) -> bool:
@@ -982,6 +970,17 @@ _ACCOUNT_FIELDS = (
     "ttl",
     "transport",
 )
+
+
+def _map_secrets(
+    config: Mapping[str, Any], name: str, owner: str | None, change: Callable[[Any, Place], Any]
+) -> dict[str, Any]:
+    """``config`` with ``change(value, place)`` applied to its credential fields."""
+    secret = _secret_fields(config)
+    return {
+        field: change(value, volume_place(name, owner, field)) if field in secret else value
+        for field, value in config.items()
+    }
 
 
 def _secret_fields(config: Mapping[str, Any]) -> list[str]:
