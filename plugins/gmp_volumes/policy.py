@@ -33,6 +33,8 @@ async def check_api_definition(
         _check_networks(config.allow_networks, networks)
         if config.ca_bundle:
             raise InvalidInput("config.ca_bundle: may only be set in plugins.toml")
+        if not config.verify_ssl:
+            raise InvalidInput("config.verify_ssl: false may only be set in plugins.toml")
     elif definition.backend == "s3" and config.endpoint_url:
         await _check_endpoint(config.endpoint_url, networks)
 

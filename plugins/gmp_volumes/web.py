@@ -94,7 +94,10 @@ class WebSource:
             self.headers["Authorization"] = f"Bearer {config.token}"
         elif config.username is not None:
             self.auth = (config.username, config.password or "")
-        tls = ssl.create_default_context(cafile=config.ca_bundle) if config.ca_bundle else True
+        self.timeout: float | None = config.timeout
+        tls: ssl.SSLContext | bool = config.verify_ssl
+        if config.ca_bundle and config.verify_ssl:
+            tls = ssl.create_default_context(cafile=config.ca_bundle)
         self.client = httpx.AsyncClient(
             verify=tls,
             timeout=None,  # the registry bounds each whole read, redirects included
@@ -104,6 +107,17 @@ class WebSource:
         self.origin = httpx.URL(self.base_url).copy_with(path="/", query=None)
 
     async def read(self, subpath: str, limit: int) -> bytes:
+        """The file, within this volume's own ``timeout`` if it has one (the registry bounds
+        every read by ``[volumes] fetch_timeout`` too)."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._follow(subpath, limit)
+        except TimeoutError:
+            raise AttachmentError(
+                f"source timed out after {self.timeout:g}s", temporary=True
+            ) from None
+
+    async def _follow(self, subpath: str, limit: int) -> bytes:
         url = httpx.URL(self.base_url + quote(check_subpath(subpath), safe="/"))
         for _ in range(MAX_REDIRECTS + 1):
             location = await self._get(url, subpath, limit)
