@@ -23,6 +23,7 @@ from gmp_core.reporter import Reporting
 from gmp_core.store import DeleteResult, MessageRecord, Store
 
 log = logging.getLogger("gmp.service")
+config_log = logging.getLogger("gmp.config")
 
 T = TypeVar("T")
 
@@ -121,6 +122,8 @@ class Service:
 
     async def start(self) -> None:
         """Open the store, collect plugin objects, run ``gmp_startup``, start dispatching."""
+        for level, text in self.config.startup_notices():
+            config_log.log(level, "%s", text)
         store = self.pm.hook.gmp_make_store(config=self.config)
         if store is None:
             raise ConfigError("no enabled plugin provides a store (is 'sql' disabled?)")
@@ -148,10 +151,11 @@ class Service:
         self._dispatcher.start()
         self._reporting.start()
         self.started_at = time.time()
+        sending = "active" if self.active else "suspended"
+        if self.config.service.test_mode:
+            sending += ", test mode: only when POST /commands/run-now asks"
         log.info(
-            "genro-mail-proxy started (worker %s, sending %s)",
-            self._dispatcher.worker,
-            "active" if self.active else "suspended",
+            "genro-mail-proxy started (worker %s, sending %s)", self._dispatcher.worker, sending
         )
 
     def _collect_plugin_objects(self) -> None:
@@ -395,8 +399,9 @@ class Service:
     # ------------------------------------------------------------------ control
 
     def run_now(self) -> None:
-        """Wake the dispatcher and the reporters at once."""
-        self.dispatcher.wake(urgent=True)
+        """Wake the dispatcher and the reporters at once (in test mode, the only way messages
+        are sent)."""
+        self.dispatcher.run_now()
         self.reporting.run_now()
 
     async def set_active(self, active: bool) -> bool:
