@@ -93,6 +93,7 @@ def check_config(config_path: str | None) -> None:
     config = _load(config_path)
     try:
         service = Service(config)
+        service.check()  # what `gmp serve` checks before it opens anything
     except ConfigError as exc:
         raise click.ClickException(f"configuration error: {exc}") from None
     click.echo(f"configuration OK ({config.path or 'no file: built-in defaults'})")

@@ -124,6 +124,7 @@ class Service:
         """Open the store, collect plugin objects, run ``gmp_startup``, start dispatching."""
         for level, text in self.config.startup_notices():
             config_log.log(level, "%s", text)
+        self.check()
         store = self.pm.hook.gmp_make_store(config=self.config)
         if store is None:
             raise ConfigError("no enabled plugin provides a store (is 'sql' disabled?)")
@@ -157,6 +158,11 @@ class Service:
         log.info(
             "genro-mail-proxy started (worker %s, sending %s)", self._dispatcher.worker, sending
         )
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` if a plugin refuses the configuration (hook
+        ``gmp_check_config``): ``start()`` and ``gmp check-config`` both run it."""
+        self.pm.hook.gmp_check_config(service=self)
 
     def _collect_plugin_objects(self) -> None:
         hook = self.pm.hook

@@ -429,6 +429,16 @@ async def test_a_webdav_volume_set_over_the_api_keeps_its_password_sealed(
 # ---------------------------------------------------------------------- the command
 
 
+def test_gmp_secrets_rotate_without_a_key_fails_before_creating_a_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no plugins.toml: the default database is ./gmp.db
+    result = CliRunner().invoke(secrets_command, ["rotate"], env={"GMP_CONFIG": ""})
+    assert result.exit_code == 1
+    assert "no current key to rotate to" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_gmp_secrets_rotate(tmp_path: Path) -> None:
     db = tmp_path / "gmp.db"
     config = tmp_path / "plugins.toml"
