@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from gmp_core import AttachmentError, ConfigError, InvalidInput, Service, VolumeRecord
 from gmp_volumes.definitions import VolumeDefinition, describe
+from gmp_volumes.install import pip_install
 from gmp_volumes.policy import check_api_definition
 from gmp_volumes.sources import Source, StorageSource
 from gmp_volumes.web import WebSource
@@ -315,7 +316,13 @@ class VolumeRegistry:
             mount = {"protocol": "memory", "base_path": f"/gmp/{owner}/{definition.name}"}
         else:
             mount = _s3_mount(config)
-        return StorageSource(self.storage, mount)
+        try:
+            return StorageSource(self.storage, mount)
+        except ImportError as exc:  # s3fs, or genro-storage itself, uninstalled since
+            raise RuntimeError(
+                f"the {backend} backend's library is missing ({exc}): run "
+                f"{pip_install('genro-storage')}"
+            ) from None
 
 
 class RecentReads:
@@ -408,8 +415,6 @@ def _s3_mount(config: Any) -> dict[str, Any]:
 
 def _reason(exc: Exception) -> str:
     """Why mounting failed, without echoing configuration values (they may be secrets)."""
-    if isinstance(exc, ImportError):  # only s3 has libraries beyond the base install
-        return f"the s3 backend is not installed: pip install 'genro-mail-proxy[s3]' ({exc})"
     if isinstance(exc, ValueError | RuntimeError):  # InvalidInput is a ValueError
         return describe(exc)
     return type(exc).__name__

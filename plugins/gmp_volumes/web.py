@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 from gmp_core import AttachmentError
 from gmp_volumes.definitions import Network
+from gmp_volumes.install import pip_install
 from gmp_volumes.sources import check_subpath, forbidden, not_found, too_large, unreachable
 
 try:
@@ -83,9 +84,7 @@ class WebSource:
 
     def __init__(self, base_url: str, config: Any) -> None:
         if httpx is None:
-            raise RuntimeError(
-                "HTTP and WebDAV volumes need httpx: pip install 'genro-mail-proxy[http]'"
-            )
+            raise RuntimeError(f"HTTP and WebDAV volumes need httpx: {pip_install('httpx')}")
         self.base_url = base_url.rstrip("/") + "/"
         self.guard = AddressGuard(config.allow_networks)
         self.auth: tuple[str, str] | None = None
