@@ -16,10 +16,16 @@ LISTENING = re.compile(rb"REST API listening on (http://\S+)")
 
 
 class ServeProcess:
-    """`gmp serve` with a config of the test's, reachable at ``url`` once started."""
+    """`gmp serve` with a config of the test's, reachable at ``url`` once started. ``env``
+    is added to the environment; ``find_config``: no ``--config``, so that gmp finds the file
+    in its working directory (the config's directory) by itself."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(
+        self, config: Path, *, env: dict[str, str] | None = None, find_config: bool = False
+    ) -> None:
         self.config = config
+        self.env = env or {}
+        self.find_config = find_config
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
         self.log: list[bytes] = []
@@ -27,16 +33,16 @@ class ServeProcess:
 
     async def start(self) -> ServeProcess:
         gmp = Path(sys.executable).parent / "gmp"
+        config = [] if self.find_config else ["--config", str(self.config)]
         self.proc = await asyncio.create_subprocess_exec(
             str(gmp),
             "serve",
-            "--config",
-            str(self.config),
+            *config,
             "--log-level",
             "INFO",
             stderr=asyncio.subprocess.PIPE,
             cwd=self.config.parent,
-            env={**os.environ, "GMP_CONFIG": ""},
+            env={**os.environ, "GMP_CONFIG": "", **self.env},
         )
         assert self.proc.stderr is not None
         async with asyncio.timeout(30):
