@@ -20,6 +20,7 @@ import difflib
 import json
 import logging
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Iterable, Mapping
@@ -308,9 +309,10 @@ class Config:
     def known_environment(self) -> set[str]:
         """Every ``GMP_*`` name something reads: the settings of the tables declared so far
         (``GMP_<TABLE>_<KEY>`` and legacy names), what their models list in
-        ``extra_environment``, the core's own names and the original's names that have no
-        effect here."""
+        ``extra_environment``, ``${NAME}`` references in the file, the core's own names and
+        the original's names that have no effect here."""
         names = set(CORE_ENVIRONMENT) | set(legacy_ini.NO_EFFECT_ENVIRONMENT)
+        names.update(_references(self._tables))  # ${NAME} in the file: a volume's secret
         for table, model in self._models.items():
             for name, info in model.model_fields.items():
                 names.update(_environment_names(table, name, info))
@@ -379,6 +381,20 @@ class Config:
                 else:
                     problems.append(f"{where}: {error['msg']}")
             raise ConfigError("; ".join(problems)) from None
+
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _references(value: Any) -> set[str]:
+    """The variables named as ``${NAME}`` in the file's strings, at any depth."""
+    if isinstance(value, str):
+        return set(_REFERENCE.findall(value))
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return set().union(*map(_references, value)) if value else set()
+    return set()
 
 
 def _environment_names(table: str, name: str, info: FieldInfo) -> list[str]:

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from gmp_core import Config, Service, Settings, hookimpl, setting
 from gmp_core.cli import cli
 from gmp_core.config import CORE_ENVIRONMENT
+from gmp_core.legacy_ini import NO_EFFECT_ENVIRONMENT
 from gmp_core.plugins import make_plugin_manager
 from tests.support import base_tables
 
@@ -127,3 +128,21 @@ def test_check_config_lists_what_came_from_the_environment(tmp_path: Path) -> No
     assert "warning: environment variable GMP_URL is set but nothing reads it" in result.stderr
     assert "warning: GMP_SCHEDULER_ACTIVE has no effect" in result.stderr
     assert "hunter2-token" not in result.output and "typo.example" not in result.output
+
+
+def test_variables_the_file_names_as_references_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A volume's secret written ${GMP_S3_SECRET} in plugins.toml is read at start-up."""
+    monkeypatch.setenv("GMP_S3_SECRET", "s")  # the volumes plugin reads the process's own
+    secret = {"bucket": "bkt", "secret_key": "${GMP_S3_SECRET}"}
+    mount = {"name": "b", "backend": "s3", "config": secret}
+    environ = {"GMP_S3_SECRET": "s", "GMP_S3_SECERT": "s"}
+    config = Config({"volumes": {"mounts": [mount]}}, environ=environ)
+    Service(config)
+    assert config.unread_environment() == ["GMP_S3_SECERT"]
+
+
+def test_the_names_read_outside_tables_are_documented() -> None:
+    """CORE_ENVIRONMENT (one line per name) and the table in docs/configuration.md agree."""
+    reference = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    for name in [*CORE_ENVIRONMENT, *NO_EFFECT_ENVIRONMENT]:
+        assert f"| `{name}` |" in reference, f"{name} is not in docs/configuration.md"
