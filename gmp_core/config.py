@@ -360,8 +360,8 @@ class Config:
                     self._notices.append(
                         (
                             logging.WARNING,
-                            f"{var} is ignored: {sources[name]} sets it, and there "
-                            "the file wins over the environment (as at the original service)",
+                            f"{var} is ignored: {sources[name]} sets the same setting, and "
+                            "a config.ini wins over the environment (the original's rule)",
                         )
                     )
                 else:
