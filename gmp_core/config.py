@@ -374,13 +374,22 @@ class Config:
         except ValidationError as exc:
             problems = []
             for error in exc.errors(include_input=False, include_url=False):
-                key = str(error["loc"][0]) if error["loc"] else ""
-                where = sources.get(key, f"[{table}] {key}") + _inner(error["loc"][1:])
+                where = self._where(table, error["loc"], sources)
                 if error["type"] == "extra_forbidden":
                     problems.append(f"{where}: unknown key")
                 else:
                     problems.append(f"{where}: {error['msg']}")
             raise ConfigError("; ".join(problems)) from None
+
+    def _where(self, table: str, loc: tuple[int | str, ...], sources: Mapping[str, str]) -> str:
+        """Where a validation error is: the key's source (the file, or the variable), then the
+        place inside it; a list item the file named itself (a config.ini volume) by its name."""
+        key = str(loc[0]) if loc else ""
+        if len(loc) > 1 and isinstance(loc[1], int):
+            item = self._file_sources.get((table, f"{key}[{loc[1]}]"))
+            if item is not None and not sources.get(key, "").startswith("environment"):
+                return item + _inner(loc[2:])
+        return sources.get(key, f"[{table}] {key}") + _inner(loc[1:])
 
 
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

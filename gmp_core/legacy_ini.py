@@ -191,7 +191,12 @@ def _translate_volumes(
             mount["account_id"] = fields["account_id"].strip()
         mounts.append(mount)
     if mounts:
-        translation.set("volumes", "mounts", mounts, "[volumes]")
+        order = ", ".join(f"[{n}] volume.{m['name']}" for n, m in enumerate(mounts))
+        translation.set("volumes", "mounts", mounts, f"[volumes] (mounts {order})")
+        for n, mount in enumerate(mounts):  # errors about one volume name it
+            translation.sources[("volumes", f"mounts[{n}]")] = (
+                f"{where} [volumes] volume.{mount['name']}"
+            )
 
 
 def _json_object(text: str, label: str) -> dict[str, Any]:

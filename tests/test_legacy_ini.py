@@ -260,3 +260,22 @@ def test_migrate_config_refuses_what_start_up_would(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["migrate-config", str(path)])
     assert result.exit_code == 1
     assert "[delivery] batch_size_per_account: Value error, must be at least 1" in result.output
+
+
+@pytest.mark.parametrize(
+    ("config", "error"),
+    [
+        (
+            '{"bucket": "b"}',
+            "config.ini [volumes] volume.g.backend: Input should be 'local', 'memory'",
+        ),
+        ('{"path": ""}', "config.ini [volumes] (mounts [0] volume.g): Value error, mounts[0]"),
+    ],
+)
+def test_a_bad_volume_names_it(tmp_path: Path, config: str, error: str) -> None:
+    backend = "gcs" if "bucket" in config else "local"  # gcs: the original had it, we do not
+    path = tmp_path / "config.ini"
+    path.write_text(f"[volumes]\nvolume.g.backend = {backend}\nvolume.g.config = {config}\n")
+    with pytest.raises(ConfigError) as raised:
+        Service(Config.load(path, environ={}))
+    assert str(raised.value).replace(str(tmp_path) + "/", "").startswith(error)
