@@ -24,6 +24,19 @@ log = logging.getLogger("gmp.smtp")
 QUIT_TIMEOUT = 5.0
 
 
+def _unverified_context() -> ssl.SSLContext:
+    """Opportunistic TLS encrypts without checking the certificate, as Postfix's ``may``
+    level does: the alternative the account accepted is plaintext, and relays offering
+    STARTTLS with a self-signed certificate must keep working."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # no CA bundle to load: none is used
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+_UNVERIFIED = _unverified_context()
+
+
 class ConnectionPool:
     def __init__(
         self,
@@ -43,6 +56,7 @@ class ConnectionPool:
         self._idle: list[tuple[aiosmtplib.SMTP, float]] = []  # (connection, last used)
         self._slots = asyncio.Semaphore(account.max_connections)
         self._closing: set[asyncio.Task[None]] = set()
+        self._said_plaintext = False
 
     @property
     def open_connections(self) -> int:
@@ -90,24 +104,38 @@ class ConnectionPool:
 
     async def _connect(self) -> aiosmtplib.SMTP:
         account = self.account
+        opportunistic = account.tls == TlsMode.OPPORTUNISTIC
         smtp = aiosmtplib.SMTP(
             hostname=account.host,
             port=account.port,
             use_tls=account.tls == TlsMode.SSL,
-            # True means required: never fall back to plaintext (aiosmtplib's None would).
-            start_tls=account.tls == TlsMode.STARTTLS,
-            tls_context=self.tls_context,
+            # True: required, never plaintext. None: aiosmtplib upgrades when the server
+            # offers STARTTLS and goes on in plaintext when it does not.
+            start_tls=None if opportunistic else account.tls == TlsMode.STARTTLS,
+            tls_context=_UNVERIFIED if opportunistic else self.tls_context,
             timeout=self.command_timeout,
             local_hostname=self.local_hostname,
         )
         await smtp.connect(timeout=self.connect_timeout)
         try:
+            if opportunistic and smtp.get_transport_info("sslcontext") is None:
+                self._plaintext_once()
             if account.user and account.password:
                 await smtp.login(account.user, account.password)
         except BaseException:
             smtp.close()
             raise
         return smtp
+
+    def _plaintext_once(self) -> None:
+        if not self._said_plaintext:
+            self._said_plaintext = True
+            log.warning(
+                "account %r: the server offers no STARTTLS; sending in plaintext "
+                '(tls "opportunistic": set "starttls" to require encryption, "none" to '
+                "silence this)",
+                self.account.id,
+            )
 
     def _close_later(self, smtp: aiosmtplib.SMTP) -> None:
         task = asyncio.create_task(_quit(smtp))
