@@ -15,7 +15,13 @@ import pluggy
 
 from gmp_core.config import Config, ConfigError
 from gmp_core.dispatcher import Dispatcher
-from gmp_core.intake import InvalidInput, parse_account, parse_message, parse_priority
+from gmp_core.intake import (
+    InvalidInput,
+    parse_account,
+    parse_message,
+    parse_priority,
+    unknown_fields,
+)
 from gmp_core.interfaces import RateLimitPolicy, Reporter, Transport, VolumeBackend
 from gmp_core.models import IMMEDIATE, Account, Event, Message, Principal
 from gmp_core.plugins import call_each, make_plugin_manager, notify_each
@@ -27,16 +33,42 @@ log = logging.getLogger("gmp.service")
 T = TypeVar("T")
 
 
+# Refusals that say the message is already there: a client retrying a call that was stored
+# gets them, and its call still succeeded.
+ALREADY_THERE = frozenset({"already sent", "in flight"})
+
+
 @dataclass(slots=True)
 class Rejection:
     id: str | None
     reason: str
+
+    @property
+    def for_content(self) -> bool:
+        """Refused for what the message says, not because it is already there."""
+        return self.reason not in ALREADY_THERE
+
+
+@dataclass(slots=True)
+class FieldWarning:
+    """A field of a message that was ignored (unknown to the proxy, usually a typo)."""
+
+    id: str | None
+    field: str
+    warning: str = "unknown field ignored"
 
 
 @dataclass(slots=True)
 class AddResult:
     queued: int
     rejected: list[Rejection] = field(default_factory=list)
+    warnings: list[FieldWarning] = field(default_factory=list)
+
+    @property
+    def all_rejected(self) -> bool:
+        """Nothing queued, and every message refused for its content (a call whose messages
+        are all already sent is a retry that succeeded)."""
+        return not self.queued and bool(self.rejected) and all(r.for_content for r in self.rejected)
 
 
 class AccountBusy(Exception):
@@ -265,8 +297,10 @@ class Service:
 
         started = time.perf_counter()
         rejected: list[Rejection] = []
+        warnings: list[FieldWarning] = []
         parsed: dict[str, Message] = {}  # by id: a later copy in the batch replaces an earlier
         for item in items:
+            warnings.extend(FieldWarning(_item_id(item), name) for name in unknown_fields(item))
             try:
                 message = parse_message(
                     item,
@@ -319,7 +353,7 @@ class Service:
         rejections = [Event("rejected", r.id or "", None, now, detail=r.reason) for r in rejected]
         await self._keep_rejections([e for e in rejections if e.message_id], principal)
         await self.notify_events(rejections)
-        return AddResult(queued=len(result.queued), rejected=rejected)
+        return AddResult(queued=len(result.queued), rejected=rejected, warnings=warnings)
 
     async def _keep_rejections(self, events: list[Event], principal: Principal | None) -> None:
         """Into the history of the ids the client used; a caller limited to some accounts

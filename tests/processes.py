@@ -18,8 +18,14 @@ LISTENING = re.compile(rb"REST API listening on (http://\S+)")
 class ServeProcess:
     """`gmp serve` with a config of the test's, reachable at ``url`` once started."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(
+        self, config: Path | None, *, cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> None:
+        """``config`` None: no --config, as a container started with only environment
+        variables (then ``cwd`` is where it runs); ``env`` adds to this process's."""
         self.config = config
+        self.cwd = cwd or (config.parent if config else Path.cwd())
+        self.env = env or {}
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
         self.log: list[bytes] = []
@@ -27,16 +33,16 @@ class ServeProcess:
 
     async def start(self) -> ServeProcess:
         gmp = Path(sys.executable).parent / "gmp"
+        config = ["--config", str(self.config)] if self.config else []
         self.proc = await asyncio.create_subprocess_exec(
             str(gmp),
             "serve",
-            "--config",
-            str(self.config),
+            *config,
             "--log-level",
             "INFO",
             stderr=asyncio.subprocess.PIPE,
-            cwd=self.config.parent,
-            env={**os.environ, "GMP_CONFIG": ""},
+            cwd=self.cwd,
+            env={**os.environ, "GMP_CONFIG": "", **self.env},
         )
         assert self.proc.stderr is not None
         async with asyncio.timeout(30):

@@ -379,10 +379,23 @@ async def add_messages() -> ResponseReturnValue:
         result = await _service().add_messages(
             body.messages, body.default_priority, principal=_principal()
         )
-    except InvalidInput as exc:
-        return failure(400, str(exc))
+    except InvalidInput as exc:  # the call itself: not a list, too many messages
+        return refused_call(str(exc), [], [])
     rejected = [{"id": r.id, "reason": r.reason} for r in result.rejected]
-    return {"ok": True, "queued": result.queued, "rejected": rejected}
+    warnings = [{"id": w.id, "field": w.field, "warning": w.warning} for w in result.warnings]
+    if result.all_rejected:
+        return refused_call("all messages rejected", rejected, warnings)
+    return {"ok": True, "queued": result.queued, "rejected": rejected, "warnings": warnings}
+
+
+def refused_call(
+    error: str, rejected: list[dict[str, Any]], warnings: list[dict[str, Any]]
+) -> tuple[dict[str, Any], int]:
+    """400 for an add-messages call that queued nothing. The original's body had the error
+    under ``detail``: clients written for it find it there, ours read ``error``."""
+    detail = {"error": error, "rejected": rejected}
+    body = {"ok": False, "error": error, "queued": 0, "rejected": rejected, "warnings": warnings}
+    return {**body, "detail": detail}, 400
 
 
 @document_response(s.Ok)

@@ -110,7 +110,7 @@ async def test_add_messages_queues(suspended: httpx.AsyncClient) -> None:
         "/commands/add-messages", json={"messages": [message("m1"), message("m2", priority="high")]}
     )
     assert response.status_code == 200
-    assert response.json() == {"ok": True, "queued": 2, "rejected": []}
+    assert response.json() == {"ok": True, "queued": 2, "rejected": [], "warnings": []}
     counts = (await suspended.get("/status")).json()["queue"]
     assert counts["queued"] == 2
 
@@ -180,9 +180,14 @@ async def test_too_many_messages_is_400(suspended: httpx.AsyncClient) -> None:
     messages = [message(f"m{i}") for i in range(1001)]
     response = await suspended.post("/commands/add-messages", json={"messages": messages})
     assert response.status_code == 400
+    error = "Cannot enqueue more than 1000 messages at once"
     assert response.json() == {
         "ok": False,
-        "error": "Cannot enqueue more than 1000 messages at once",
+        "error": error,
+        "queued": 0,
+        "rejected": [],
+        "warnings": [],
+        "detail": {"error": error, "rejected": []},
     }
     assert (await suspended.get("/messages")).json()["messages"] == []
 
@@ -222,7 +227,7 @@ async def test_json_without_content_type_is_accepted(suspended: httpx.AsyncClien
     response = await suspended.post(
         "/commands/add-messages", content=json.dumps({"messages": [message("m1")]})
     )
-    assert response.json() == {"ok": True, "queued": 1, "rejected": []}
+    assert response.json() == {"ok": True, "queued": 1, "rejected": [], "warnings": []}
 
 
 @pytest.mark.parametrize(
@@ -266,7 +271,7 @@ async def test_body_over_the_limit_is_413(small_limit: Service) -> None:
             "error": "request body too large (limit 2048 bytes)",
         }
         small = await http.post("/commands/add-messages", json={"messages": []})
-        assert small.json() == {"ok": True, "queued": 0, "rejected": []}
+        assert small.json() == {"ok": True, "queued": 0, "rejected": [], "warnings": []}
 
 
 async def test_chunked_body_over_the_limit_is_413(small_limit: Service) -> None:
