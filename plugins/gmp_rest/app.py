@@ -161,7 +161,9 @@ def _plugin_answer(answer: RouteAnswer) -> ResponseReturnValue:
     body, status, headers = answer
     if isinstance(body, dict | list):
         text = json.dumps(body, separators=(",", ":"))
-        return text, status, {"Content-Type": "application/json", **headers}
+        if not any(name.lower() == "content-type" for name in headers):
+            headers = {"Content-Type": "application/json", **headers}
+        return text, status, headers
     return body, status, headers
 
 

@@ -170,3 +170,49 @@ async def test_a_route_that_cannot_be_served_stops_start_up(
     assert "raised by plugin 'test-clashing-routes' in gmp_register_routes" in str(
         raised.value.__notes__
     )
+
+
+NOTES = [{"account_id": "shop", "text": "restock"}, {"account_id": "blog", "text": "draft"}]
+
+
+class NotesRoutes:
+    """The example of docs/plugins.md, as written there."""
+
+    __name__ = "test-notes-routes"
+
+    @hookimpl
+    def gmp_register_routes(self, register: Callable[..., None], service: Service) -> None:
+        async def notes(request: RouteRequest) -> RouteAnswer:
+            principal = request.principal
+            assert principal is not None
+            wanted = request.query.get("account_id")
+            if wanted and not principal.may_use(wanted):
+                return {"ok": False, "error": "account_id: not allowed for this caller"}, 403, {}
+            visible = [n for n in NOTES if principal.may_use(n["account_id"])]
+            return {"ok": True, "notes": visible}, 200, {}
+
+        async def feed() -> RouteAnswer:
+            return ["a", "b"], 200, {"content-type": "application/feed+json"}
+
+        register("/notes", notes, scoped=True)
+        register("/feed", feed)
+
+
+async def test_hook_gmp_register_routes_the_documented_scoped_example(
+    start_service: ServiceFactory,
+) -> None:
+    tokens = [{"token": SHOP_TOKEN, "accounts": ["shop"]}]
+    service = await start_service(
+        NotesRoutes(), token_auth={"api_token": TOKEN, "account_tokens": tokens}
+    )
+    async with (
+        httpx.AsyncClient(base_url=base_url(service), headers={"X-API-Token": TOKEN}) as admin,
+        httpx.AsyncClient(base_url=base_url(service), headers={"X-API-Token": SHOP_TOKEN}) as shop,
+    ):
+        assert (await admin.get("/notes")).json()["notes"] == NOTES
+        assert (await shop.get("/notes")).json() == {"ok": True, "notes": NOTES[:1]}
+        refused = await shop.get("/notes", params={"account_id": "blog"})
+        assert refused.status_code == 403
+        feed = await admin.get("/feed")
+        assert feed.headers.get_list("content-type") == ["application/feed+json"]
+        assert feed.json() == ["a", "b"]
