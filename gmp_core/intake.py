@@ -79,7 +79,9 @@ class AccountIn(BaseModel):
     model_config = ConfigDict(coerce_numbers_to_str=True)
 
     id: str = Field(min_length=1, max_length=200)
-    host: str = Field(min_length=1, max_length=255)
+    host: str | None = Field(
+        None, max_length=255, description="required for SMTP; other transports may need none"
+    )
     port: int = Field(587, ge=1, le=65535)
     user: str | None = None
     password: str | None = None
@@ -415,13 +417,15 @@ def _attachment(item: AttachmentIn) -> Attachment:
 def parse_account(item: Any) -> Account:
     """Validate a ``POST /account`` payload into an :class:`Account`."""
     data = _validated(AccountIn, item, "the account")
+    if not data.host and data.transport == "smtp":
+        raise InvalidInput("missing host")
     for field in ("id", "host", "user"):
         value = getattr(data, field)
         if value and (_CONTROL.search(value) or (field == "host" and " " in value)):
             raise InvalidInput(f"invalid {field}: contains spaces or control characters")
     return Account(
         id=data.id,
-        host=data.host,
+        host=data.host or "",
         port=data.port,
         user=data.user or None,
         password=data.password or None,

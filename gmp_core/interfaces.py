@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from gmp_core.models import Account, OutgoingMessage, SendResult
+from gmp_core.models import Account, OutgoingMessage, Principal, SendResult
 
 
 @runtime_checkable
@@ -137,3 +137,21 @@ class Reporter(Protocol):
     async def close(self) -> None:
         """Shut down (close HTTP clients)."""
         ...
+
+
+@dataclass(slots=True, frozen=True)
+class RouteRequest:
+    """A request to an endpoint a plugin added (``gmp_register_routes``), free of the web
+    framework that serves it."""
+
+    method: str  # "GET", "DELETE", ...
+    path: str
+    path_params: dict[str, str]  # the {name} parts of the registered path
+    query: dict[str, str]  # the first value of each query parameter
+    json: Any  # the parsed JSON body: {} when empty; None for GET and HEAD
+    principal: Principal | None  # who is calling; None on public endpoints
+
+
+# What a route's view returns: the body (bytes, text, or a dict or list sent as JSON), the
+# status and the headers.
+RouteAnswer = tuple[bytes | str | dict[str, Any] | list[Any], int, dict[str, str]]

@@ -160,6 +160,16 @@ def test_account_validation() -> None:
     assert account.limit_per_minute is None and account.rate_limits == []
 
 
+def test_only_smtp_accounts_need_a_host() -> None:
+    for payload in ({"id": "a", "host": ""}, {"id": "a", "transport": "smtp", "host": None}):
+        with pytest.raises(InvalidInput, match=r"^missing host$"):
+            parse_account(payload)
+    sandbox = parse_account({"id": "a", "transport": "sandbox"})
+    assert (sandbox.host, sandbox.transport) == ("", "sandbox")
+    with pytest.raises(InvalidInput, match=r"^invalid host"):
+        parse_account({"id": "a", "transport": "sandbox", "host": "bad host"})
+
+
 async def test_batch_keeps_valid_messages_and_rejects_the_rest(service: Service) -> None:
     result = await service.add_messages(
         [

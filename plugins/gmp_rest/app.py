@@ -7,9 +7,11 @@ endpoint but the open ones (``/health``, ``/openapi.json``).
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Protocol, TypeVar, cast
@@ -32,6 +34,7 @@ from werkzeug.exceptions import BadRequest, HTTPException, MethodNotAllowed, Req
 from gmp_core import (
     AccountBusy,
     Attachment,
+    ConfigError,
     Event,
     Forbidden,
     InvalidInput,
@@ -39,6 +42,8 @@ from gmp_core import (
     MessageRecord,
     NotFound,
     Principal,
+    RouteAnswer,
+    RouteRequest,
     Service,
 )
 from gmp_core.models import format_address
@@ -53,7 +58,7 @@ API_KEY_HEADER = "X-API-Token"
 OPEN_ENDPOINTS = frozenset({"health", "ready", "openapi"})
 UNAUTHORIZED = "Invalid or missing API token"
 # What a caller limited to some accounts may not do: act on every account at once (plugin
-# routes included: /metrics tells of every account).
+# routes included, unless registered scoped: /metrics tells of every account).
 WHOLE_PROXY_ENDPOINTS = frozenset({"status", "run_now", "suspend", "activate", "cleanup_messages"})
 WHOLE_PROXY_ONLY = "this caller may act only on its own accounts, not on the whole proxy"
 HTTP_ERRORS = {404: "not found", 405: "method not allowed"}
@@ -90,28 +95,76 @@ def create_app(service: Service) -> Quart:
     for rule, view, methods in ROUTES:
         app.add_url_rule(rule, view.__name__, view, methods=methods)
     app.extensions["gmp_open_endpoints"] = set(OPEN_ENDPOINTS)
+    app.extensions["gmp_scoped_endpoints"] = set()
     add_plugin_routes(app, service)
     return app
 
 
-PluginView = Callable[[], Awaitable[tuple[bytes | str, int, dict[str, str]]]]
+PLUGIN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+_PATH_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def add_plugin_routes(app: Quart, service: Service) -> None:
-    """GET endpoints that plugins add through ``gmp_register_routes`` (``/metrics``)."""
+    """Endpoints that plugins add through ``gmp_register_routes`` (``/metrics``, the
+    sandbox's). Their views get a :class:`RouteRequest`, never a Quart object."""
     open_endpoints: set[str] = app.extensions["gmp_open_endpoints"]
+    scoped_endpoints: set[str] = app.extensions["gmp_scoped_endpoints"]
 
-    def register(path: str, view: PluginView, public: bool = False) -> None:
-        async def serve() -> ResponseReturnValue:
-            body, status, headers = await view()
-            return body, status, headers
+    def register(
+        path: str,
+        view: Callable[..., Awaitable[RouteAnswer]],
+        public: bool = False,
+        methods: Sequence[str] = ("GET",),
+        scoped: bool = False,
+    ) -> None:
+        rule, verbs = _plugin_rule(path, methods)
+        for verb in verbs:
+            if any(r.rule == rule and verb in (r.methods or ()) for r in app.url_map.iter_rules()):
+                raise ConfigError(f"two routes for {verb} {path}: plugin routes must be new")
+        wants_request = bool(inspect.signature(view).parameters)
 
-        endpoint = f"plugin:{path}"
-        app.add_url_rule(path, endpoint, hide(serve), methods=["GET"])
+        async def serve(**path_params: str) -> ResponseReturnValue:
+            if not wants_request:
+                return _plugin_answer(await view())
+            route_request = RouteRequest(
+                method=request.method,
+                path=request.path,
+                path_params=path_params,
+                query=request.args.to_dict(),
+                json=None if request.method in ("GET", "HEAD") else await read_json(),
+                principal=g.get("principal"),
+            )
+            return _plugin_answer(await view(route_request))
+
+        endpoint = f"plugin:{','.join(verbs)}:{path}"
+        app.add_url_rule(rule, endpoint, hide(serve), methods=verbs)
         if public:
             open_endpoints.add(endpoint)
+        if scoped:
+            scoped_endpoints.add(endpoint)
 
     service.pm.hook.gmp_register_routes(register=register, service=service)
+
+
+def _plugin_rule(path: str, methods: Sequence[str]) -> tuple[str, list[str]]:
+    """``/things/{id}`` -> Quart's ``/things/<id>``; the methods checked."""
+    verbs = [method.upper() for method in methods]
+    unknown = [verb for verb in verbs if verb not in PLUGIN_METHODS]
+    if not verbs or unknown:
+        raise ConfigError(f"route {path}: methods must be some of {sorted(PLUGIN_METHODS)}")
+    if not path.startswith("/") or "<" in path or ">" in path:
+        raise ConfigError(f"route {path}: a path starts with / and names parameters as {{name}}")
+    return _PATH_PARAM.sub(r"<\1>", path), verbs
+
+
+def _plugin_answer(answer: RouteAnswer) -> ResponseReturnValue:
+    body, status, headers = answer
+    if isinstance(body, dict | list):
+        text = json.dumps(body, separators=(",", ":"))
+        if not any(name.lower() == "content-type" for name in headers):
+            headers = {"Content-Type": "application/json", **headers}
+        return text, status, headers
+    return body, status, headers
 
 
 # ---------------------------------------------------------------- plumbing
@@ -153,6 +206,9 @@ async def authenticate() -> ResponseReturnValue | None:
 
 
 def _acts_on_the_whole_proxy(endpoint: str | None) -> bool:
+    """Plugin routes do too, unless registered ``scoped`` (they limit themselves)."""
+    if endpoint in current_app.extensions["gmp_scoped_endpoints"]:
+        return False
     return endpoint in WHOLE_PROXY_ENDPOINTS or (endpoint or "").startswith("plugin:")
 
 

@@ -40,6 +40,7 @@ from gmp_core import (
     TlsMode,
     VolumeRecord,
 )
+from gmp_sql.captures import CaptureMethods
 from gmp_sql.listen import Listener
 from gmp_sql.runner import DatabaseThread, Runner, on_db_thread
 from gmp_sql.schema import MIGRATIONS, SCHEMA_VERSION, Schema, bind_schema
@@ -153,8 +154,9 @@ WHERE q.reporter = ? ORDER BY q.event_pk LIMIT ?
 """
 
 
-class SqlStore:
-    """A :class:`gmp_core.Store` on a peewee database (SQLite or PostgreSQL)."""
+class SqlStore(CaptureMethods):
+    """A :class:`gmp_core.Store` on a peewee database (SQLite or PostgreSQL), which also
+    keeps captured mail (:class:`gmp_core.CaptureStore`, in ``captures.py``)."""
 
     def __init__(
         self,
