@@ -75,7 +75,7 @@ async def test_every_simulated_outcome_goes_through_dispatch_retries_and_reports
             "/commands/add-messages",
             {"messages": [mail(id_, to) for id_, to in OUTCOMES.items()]},
         )
-        assert answer == {"ok": True, "queued": 5, "rejected": []}
+        assert answer == {"ok": True, "queued": 5, "rejected": [], "warnings": []}
         await receiver.wait(
             lambda r: {x["id"] for x in r.reported() if x["status"] != "deferred"} == set(OUTCOMES)
         )
@@ -122,16 +122,18 @@ async def test_every_simulated_outcome_goes_through_dispatch_retries_and_reports
                 assert f"captured as sandbox message {captured[id_]['id']}" in sent_event["detail"]
 
 
-def readme_example() -> tuple[dict[str, Any], list[str]]:
-    """The add-messages payload of the README's "Use it" section, and the paths it reads
-    afterwards with curl."""
+def readme_example() -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """The add-messages payload of the README's "Use it" section, the answer it shows, and
+    the paths it reads afterwards with curl."""
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Use it", 1)[1].split("\n## ", 1)[0]
     first_block = section.split("```bash", 1)[1].split("```", 1)[0]
     payload = re.search(r"add-messages .*?-d '(\{.*?\})'", first_block, re.DOTALL)
     assert payload is not None, "the README's first example has no add-messages call"
+    answer = re.search(r"^# (\{\"ok\".*\})$", first_block, re.MULTILINE)
+    assert answer is not None, "the README's first example shows no answer"
     reads = re.findall(r"^curl -s localhost:8000(/\S+) +#", first_block, re.MULTILINE)
-    return json.loads(payload.group(1)), reads
+    return json.loads(payload.group(1)), json.loads(answer.group(1)), reads
 
 
 async def test_the_readmes_first_example_with_the_shipped_configuration(
@@ -141,13 +143,15 @@ async def test_the_readmes_first_example_with_the_shipped_configuration(
     environment may say): one curl sends a message, the next ones show it sent and captured."""
     shutil.copy(ROOT / "plugins.toml", tmp_path / "plugins.toml")
     monkeypatch.setenv("GMP_REST_PORT", "0")
-    payload, reads = readme_example()
+    payload, shown, reads = readme_example()
     assert reads[:3] == ["/messages/order-42", "/sandbox/messages", "/sandbox/messages/1/raw"]
     process = await ServeProcess(tmp_path / "plugins.toml").start()
     try:
         async with httpx.AsyncClient(base_url=process.url, timeout=30) as client:
             answer = await client.post("/commands/add-messages", json=payload)
-            assert answer.json() == {"ok": True, "queued": 1, "rejected": []}
+            assert (
+                answer.json() == shown == {"ok": True, "queued": 1, "rejected": [], "warnings": []}
+            )
 
             async def sent() -> bool:
                 record = (await client.get("/messages/order-42")).json()
