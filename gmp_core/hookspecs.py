@@ -120,7 +120,8 @@ def gmp_register_routes(register: Callable[..., None], service: Service) -> None
     ``view`` is ``async () -> (body: bytes | str, status: int, headers: dict[str, str])``, so
     it does not depend on the web framework. ``public`` endpoints are served without
     authentication; the others need what every API endpoint needs. The bundled REST plugin
-    serves them; the metrics plugin adds ``/metrics`` this way."""
+    serves them, and lists them in ``/openapi.json`` with the view's docstring as their
+    summary and description; the metrics plugin adds ``/metrics`` this way."""
 
 
 @hookspec
