@@ -104,7 +104,7 @@ def create_app(service: Service) -> Quart:
     for rule, view, methods in ROUTES:
         app.add_url_rule(rule, view.__name__, view, methods=methods)
     add_docs_routes(app)
-    open_endpoints = OPEN_ENDPOINTS | DOCS_ENDPOINTS if settings.docs_public else OPEN_ENDPOINTS
+    open_endpoints = (OPEN_ENDPOINTS | DOCS_ENDPOINTS) if settings.docs_public else OPEN_ENDPOINTS
     app.extensions["gmp_open_endpoints"] = set(open_endpoints)
     app.extensions["gmp_acts_on_the_whole_proxy"] = _acts_on_the_whole_proxy
     add_plugin_routes(app, service)
