@@ -116,7 +116,8 @@ def gmp_shutdown(service: Service) -> Any:
 @hookspec
 def gmp_register_routes(register: Callable[..., None], service: Service) -> None:
     """Add endpoints to the HTTP API:
-    ``register(path, view, public=False, methods=("GET",), scoped=False)``.
+    ``register(path, view, public=False, methods=("GET",), scoped=False, responses=None,
+    media_type="text/plain")``.
 
     ``path`` may name parameters in braces (``/things/{id}``, one path segment each).
     ``view`` is ``async (request) -> (body, status, headers)``, so it does not depend on the
@@ -125,8 +126,10 @@ def gmp_register_routes(register: Callable[..., None], service: Service) -> None
     is bytes, text, or a dict or list sent as JSON. ``public`` endpoints are served without
     authentication; the others need what every API endpoint needs. Callers limited to some
     accounts are refused (403), unless ``scoped``: the view then shows and changes only what
-    belongs to ``request.principal.accounts``. The bundled REST plugin serves them; the
-    metrics plugin adds ``/metrics`` this way, the sandbox ``/sandbox/messages``."""
+    belongs to ``request.principal.accounts``. ``responses`` (status -> when) and
+    ``media_type`` (of a 200 answer) document the route in ``/openapi.json``, where the
+    view's docstring is its summary and description. The bundled REST plugin serves them;
+    the metrics plugin adds ``/metrics`` this way, the sandbox ``/sandbox/messages``."""
 
 
 @hookspec

@@ -94,16 +94,18 @@ class DeliveryReport:
     refused: list[dict[str, Any]] = field(default_factory=list)
 
     def as_item(self) -> dict[str, Any]:
+        """The wire shape; ``*_ts`` are unix seconds as integers, as in the API's answers."""
+        ts = int(self.ts)
         item: dict[str, Any] = {
             "id": self.id,
             "account_id": self.account_id,
             "priority": self.priority,
             "status": self.status,
-            "sent_ts": self.ts if self.status == "sent" else None,
-            "error_ts": self.ts if self.status == "error" else None,
+            "sent_ts": ts if self.status == "sent" else None,
+            "error_ts": ts if self.status == "error" else None,
             "error": self.error,
             "error_code": self.error_code,
-            "deferred_ts": self.deferred_ts,
+            "deferred_ts": None if self.deferred_ts is None else int(self.deferred_ts),
         }
         if self.refused:
             item["refused"] = self.refused

@@ -62,6 +62,8 @@ async def test_outcomes_are_posted_and_acknowledged(
     assert by_id["ok"]["priority"] == 2
     assert by_id["bad"]["status"] == "error" and by_id["bad"]["error_code"] == 550
     assert "User unknown" in by_id["bad"]["error"] and by_id["bad"]["error_ts"] > 0
+    # unix seconds as integers, as the API answers them (docs/api.md, Timestamps)
+    assert type(by_id["ok"]["sent_ts"]) is int and type(by_id["bad"]["error_ts"]) is int
     assert receiver.posts[0].headers["Content-Type"] == "application/json"
 
     async def acknowledged() -> bool:

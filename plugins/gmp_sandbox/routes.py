@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -38,6 +38,10 @@ class DeleteQuery(BaseModel):
     account_id: str | None = None
 
 
+NAMES_ANOTHER_ACCOUNT = "account_id names an account this caller may not use."
+BAD_QUERY = "A query parameter is not valid; the error names it."
+
+
 def register_routes(register: Callable[..., None], service: Service) -> None:
     def captures() -> CaptureStore:
         store = service.store
@@ -45,6 +49,11 @@ def register_routes(register: Callable[..., None], service: Service) -> None:
         return store
 
     async def list_captures(request: RouteRequest) -> RouteAnswer:
+        """Captured mail, newest first.
+
+        A page of what sandbox accounts captured (id, account, envelope, subject, date, size);
+        query `limit`, `cursor` (the previous page's `next_cursor`), `account_id`, `gmp_id`.
+        A caller limited to some accounts sees theirs only."""
         query = _query(ListQuery, request)
         if isinstance(query, tuple):
             return query
@@ -61,12 +70,20 @@ def register_routes(register: Callable[..., None], service: Service) -> None:
         return {"ok": True, "messages": page, "next_cursor": next_cursor}, 200, {}
 
     async def get_capture(request: RouteRequest) -> RouteAnswer:
+        """One captured message in detail.
+
+        Its headers (decoded, in order), its text parts and its attachments (named and
+        sized, not their bytes); 404 when unknown or another account's."""
         capture = await _own_capture(captures(), request)
         if capture is None:
             return _failure(404, NOT_FOUND)
         return {"ok": True, "message": await asyncio.to_thread(details, capture)}, 200, {}
 
     async def get_raw(request: RouteRequest) -> RouteAnswer:
+        """The exact bytes of one captured message.
+
+        As `message/rfc822`: what SMTP would have carried; 404 when unknown or another
+        account's."""
         capture = await _own_capture(captures(), request)
         if capture is None or capture.data is None:
             return _failure(404, NOT_FOUND)
@@ -77,6 +94,10 @@ def register_routes(register: Callable[..., None], service: Service) -> None:
         return capture.data, 200, headers
 
     async def delete_captures(request: RouteRequest) -> RouteAnswer:
+        """Delete captured mail.
+
+        Every capture the caller may see, or with `account_id` one account's; answers how
+        many were removed."""
         query = _query(DeleteQuery, request)
         if isinstance(query, tuple):
             return query
@@ -87,10 +108,19 @@ def register_routes(register: Callable[..., None], service: Service) -> None:
         )
         return {"ok": True, "removed": removed}, 200, {}
 
-    register("/sandbox/messages", list_captures, scoped=True)
-    register("/sandbox/messages", delete_captures, methods=("DELETE",), scoped=True)
-    register("/sandbox/messages/{capture_id}", get_capture, scoped=True)
-    register("/sandbox/messages/{capture_id}/raw", get_raw, scoped=True)
+    listing = {403: NAMES_ANOTHER_ACCOUNT, 422: BAD_QUERY}
+    one = {404: "No captured message with this id (or it is another account's)."}
+    json: dict[str, Any] = {"scoped": True, "media_type": "application/json"}
+    register("/sandbox/messages", list_captures, responses=listing, **json)
+    register("/sandbox/messages", delete_captures, methods=("DELETE",), responses=listing, **json)
+    register("/sandbox/messages/{capture_id}", get_capture, responses=one, **json)
+    register(
+        "/sandbox/messages/{capture_id}/raw",
+        get_raw,
+        scoped=True,
+        responses=one,
+        media_type="message/rfc822",
+    )
 
 
 async def _own_capture(store: CaptureStore, request: RouteRequest) -> Capture | None:

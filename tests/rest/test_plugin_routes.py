@@ -47,7 +47,11 @@ async def test_hook_gmp_register_routes_served_with_or_without_the_token(
         wrong_method = await anonymous.post("/ping", headers={"X-API-Token": TOKEN})
         assert wrong_method.status_code == 405  # GET only
         spec = (await anonymous.get("/openapi.json")).json()
-        assert "/ping" not in spec["paths"]
+        ping, secret = spec["paths"]["/ping"]["get"], spec["paths"]["/secret-ping"]["get"]
+        assert ping["security"] == [] and "401" not in ping["responses"]
+        assert "text/plain" in ping["responses"]["200"]["content"]
+        assert ping["summary"] == "GET /ping" and ping["description"] == "Added by a plugin."
+        assert "401" in secret["responses"] and "403" in secret["responses"]  # whole proxy
 
 
 SHOP_TOKEN = "shop-token-0123456789"

@@ -20,7 +20,7 @@ from tests.rest.rest_support import TOKEN, ServiceFactory, account, base_url, me
 async def test_health_needs_no_token(anonymous: httpx.AsyncClient) -> None:
     response = await anonymous.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"ok": True}
+    assert response.json() == {"ok": True, "status": "ok"}  # the original's body was status: ok
 
 
 async def test_health_is_503_when_a_loop_died(suspended: httpx.AsyncClient) -> None:
@@ -31,6 +31,7 @@ async def test_health_is_503_when_a_loop_died(suspended: httpx.AsyncClient) -> N
     assert response.status_code == 503
     body = response.json()
     assert body["ok"] is False and "gmp-claim-loop" in body["error"]
+    assert body["status"] == "error"
 
 
 @pytest.mark.parametrize("headers", [{}, {"X-API-Token": "wrong"}, {"X-API-Token": ""}])
@@ -98,8 +99,6 @@ async def test_openapi_lists_the_paths_without_a_token(anonymous: httpx.AsyncCli
     assert "MessageIn" in json.dumps(add["requestBody"])
     assert spec["paths"]["/health"]["get"]["security"] == []
     assert spec["components"]["securitySchemes"]["token"]["name"] == "X-API-Token"
-    # no UI pulling JavaScript from a CDN
-    assert (await anonymous.get("/docs")).status_code in (401, 404)
 
 
 # ---------------------------------------------------------------- add-messages
@@ -427,7 +426,7 @@ async def test_get_message_with_events(suspended: httpx.AsyncClient) -> None:
     assert attachment["storage_path"].startswith("mem:reports/a.txt")
     assert "SECRET" not in response.text
     [event] = body["events"]
-    assert event["kind"] == "queued" and isinstance(event["ts"], float)
+    assert event["kind"] == "queued" and isinstance(event["ts"], int)
     assert set(event) == {"kind", "ts", "code", "detail", "data"}
 
 

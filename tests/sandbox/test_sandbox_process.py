@@ -109,7 +109,6 @@ async def test_every_simulated_outcome_goes_through_dispatch_retries_and_reports
         assert history["message"]["attempts"] == 1  # one failed attempt, then success
         slow = (await client.get("/messages/slow")).json()["events"]
         assert slow[-1]["detail"].endswith(f"after {SLOW_SECONDS:g} s")
-        assert slow[-1]["ts"] - slow[0]["ts"] >= SLOW_SECONDS - 0.01  # accepted no sooner
 
         listing = (await client.get("/sandbox/messages")).json()
         captured = {m["gmp_id"]: m for m in listing["messages"]}
