@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import pluggy
@@ -415,8 +415,10 @@ class Service:
         account = parse_account(payload)
         if principal is not None and not principal.may_use(account.id):
             raise Forbidden(f"id: {NOT_YOURS}")
+        previous = (await self.store.get_accounts([account.id])).get(account.id)
         await self.store.put_account(account, time.time())
-        await self._forget_account(account.id)
+        if previous is None or _settings(previous) != _settings(account):
+            await self._forget_account(account.id)  # an unchanged one keeps its connections
         return account
 
     async def list_accounts(self, principal: Principal | None = None) -> list[Account]:
@@ -481,6 +483,11 @@ def _registrar(registry: dict[str, T], kind: str) -> Callable[[str, T], None]:
         registry[name] = obj
 
     return register
+
+
+def _settings(account: Account) -> Account:
+    """The account without its timestamps: what a change of it changes."""
+    return replace(account, created_at=None, updated_at=None)
 
 
 def _item_id(item: Any) -> str | None:
