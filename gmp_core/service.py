@@ -197,13 +197,20 @@ class Service:
     # ------------------------------------------------------------------ health
 
     def health_problems(self) -> list[str]:
-        """Empty when healthy; else what is wrong (a background loop died)."""
+        """Empty when healthy; else what is wrong: a background loop died, or is stuck (its
+        heartbeat is older than its bound: a call that never returns)."""
         if self._dispatcher is None:
             return ["not started"]
         dead = self._dispatcher.dead_tasks
+        now = time.time()
+        stuck = self._dispatcher.stuck_tasks(now)
         if self._reporting is not None:
             dead += self._reporting.dead_tasks
-        return [f"background task {name} has stopped" for name in dead]
+            stuck |= self._reporting.stuck_tasks(now)
+        return [f"background task {name} has stopped" for name in dead] + [
+            f"background task {name} is stuck (no heartbeat for {since:.0f}s)"
+            for name, since in stuck.items()
+        ]
 
     async def readiness_problems(self, timeout: float) -> list[str]:
         """Empty when the service can take work: its loops live and its store answers

@@ -343,7 +343,7 @@ def event_out(event: Event) -> dict[str, Any]:
 @document_response(s.Ok)
 @document_response(s.Failure, 503)
 async def health() -> ResponseReturnValue:
-    """Liveness: 503 when a background loop has died."""
+    """Liveness: 503 when a background loop has died or is stuck."""
     problems = _service().health_problems()
     if problems:
         return failure(503, "; ".join(problems))

@@ -16,7 +16,8 @@ from gmp_core.testing import ReceivedMail
 
 class FileServer:
     """Serves ``files`` (path -> bytes). ``redirects`` (path -> Location) answer 302;
-    requests for a path in ``hanging`` wait until the server stops, sending nothing."""
+    requests for a path in ``hanging`` wait until the server stops, sending nothing; those
+    for a path in ``trickling`` get the headers at once, then one byte every 0.2 s."""
 
     def __init__(
         self,
@@ -27,6 +28,7 @@ class FileServer:
         self.files = dict(files or {})
         self.redirects: dict[str, str] = {}
         self.hanging: set[str] = set()
+        self.trickling: set[str] = set()
         self.streams: dict[str, int] = {}  # path -> bytes sent with no Content-Length
         self.streamed = 0
         self.hits: Counter[str] = Counter()
@@ -60,7 +62,20 @@ class FileServer:
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if path in server.trickling:
+                    self._trickle(body)
+                    return
                 self.wfile.write(body)
+
+            def _trickle(self, body: bytes) -> None:
+                try:
+                    for byte in body:
+                        if server.released.wait(0.2):  # the server's pace; stop() ends it
+                            return
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                except OSError:
+                    pass  # the client hung up
 
             def _stream(self, size: int) -> None:
                 self.send_response(200)

@@ -186,6 +186,21 @@ async def test_a_hanging_server_is_a_temporary_failure(
     assert attachments_of(sink.mails[0])[0][2] == b"finally"
 
 
+async def test_a_trickling_server_is_cut_at_the_fetch_deadline(
+    make_service: ServiceFactory, sink: SmtpSink, events: EventLog, web: FileServer
+) -> None:
+    """Headers at once, then a byte every 0.2 s: no single read ever waits long, the whole
+    read does. ``fetch_timeout`` bounds all of it, the body included."""
+    web.files["/drip.txt"] = b"x" * 100
+    web.trickling.add("/drip.txt")
+    volume = http_volume(web.url, LOOPBACK)
+    service = await start(make_service, sink, volume, fetch_timeout=0.5)
+    await service.add_messages([with_file("m1", "drip.txt")])
+    [deferred, *_] = await events.wait("deferred", "m1")
+    assert deferred.detail == "attachment 'file.bin': source timed out after 0.5s"
+    assert sink.mails == []
+
+
 async def test_an_unreachable_server_is_a_temporary_failure(
     make_service: ServiceFactory, sink: SmtpSink, events: EventLog, web: FileServer
 ) -> None:
