@@ -42,6 +42,7 @@ from gmp_core.store import (
     MessageRecord,
     QueueDepth,
     Store,
+    StoreCannotWrite,
     VolumeRecord,
 )
 
@@ -78,6 +79,7 @@ __all__ = [
     "Settings",
     "State",
     "Store",
+    "StoreCannotWrite",
     "TlsMode",
     "Transport",
     "VolumeBackend",

@@ -20,7 +20,7 @@ from gmp_core.interfaces import RateLimitPolicy, Reporter, Transport, VolumeBack
 from gmp_core.models import IMMEDIATE, Account, Event, Message, Principal
 from gmp_core.plugins import call_each, make_plugin_manager, notify_each
 from gmp_core.reporter import Reporting
-from gmp_core.store import DeleteResult, MessageRecord, Store
+from gmp_core.store import DeleteResult, MessageRecord, Store, StoreCannotWrite
 
 log = logging.getLogger("gmp.service")
 
@@ -214,12 +214,15 @@ class Service:
 
     async def readiness_problems(self, timeout: float) -> list[str]:
         """Empty when the service can take work: its loops live and its store answers
-        within ``timeout`` seconds. (The error's text is not given: it may name a host.)"""
+        within ``timeout`` seconds, and can write. (The error's text is not given: it may
+        name a host.)"""
         problems = self.health_problems()
         if self._store is not None:
             try:
                 async with asyncio.timeout(timeout):
                     await self._store.ping()
+            except StoreCannotWrite as exc:
+                problems.append(str(exc))
             except Exception as exc:
                 problems.append(f"store unreachable ({type(exc).__name__})")
         return problems

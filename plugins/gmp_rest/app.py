@@ -40,6 +40,7 @@ from gmp_core import (
     NotFound,
     Principal,
     Service,
+    StoreCannotWrite,
 )
 from gmp_core.models import format_address
 from gmp_core.service import NOT_YOURS
@@ -86,6 +87,7 @@ def create_app(service: Service) -> Quart:
     app.register_error_handler(RequestSchemaValidationError, schema_error)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Forbidden, forbidden)
+    app.register_error_handler(StoreCannotWrite, store_cannot_write)
     app.register_error_handler(Exception, internal_error)
     for rule, view, methods in ROUTES:
         app.add_url_rule(rule, view.__name__, view, methods=methods)
@@ -245,6 +247,12 @@ async def forbidden(exc: Forbidden) -> ResponseReturnValue:
     return failure(403, str(exc))
 
 
+async def store_cannot_write(exc: StoreCannotWrite) -> ResponseReturnValue:
+    """507 Insufficient Storage: nothing of the request was kept; try again later."""
+    log.error("%s %s: %s", request.method, request.path, exc)
+    return failure(507, str(exc))
+
+
 async def internal_error(exc: Exception) -> ResponseReturnValue:
     log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
     return failure(500, "internal error")
@@ -372,6 +380,7 @@ async def status() -> ResponseReturnValue:
 @document_request(s.AddMessagesRequest)
 @document_response(s.AddMessagesAnswer)
 @document_response(s.Failure, 400)
+@document_response(s.Failure, 507)
 async def add_messages() -> ResponseReturnValue:
     """Queue a batch; each bad message is rejected alone, with a reason."""
     body = await read_body(s.AddMessagesBody)
