@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gmp_volumes.web import is_public
+from gmp_volumes.guard import is_public
 
 from gmp_core import Service
 from gmp_core.testing import SmtpSink
