@@ -61,6 +61,11 @@ def with_file(id: str, path: str, filename: str = "file.bin") -> dict[str, Any]:
         ("64:ff9b::5db8:d70e", True),  # a public IPv4 host through NAT64
         ("0.0.0.0", False),
         ("224.0.0.1", False),
+        ("::7f00:1", False),  # IPv4-compatible loopback
+        ("::ffff:0:7f00:1", False),  # IPv4-translated loopback
+        ("64:ff9b:1::7f00:1", False),  # local-use NAT64
+        ("fec0::1", False),  # site-local
+        ("::ffff:93.184.215.14", True),  # a public IPv4 host, mapped
     ],
 )
 def test_only_public_addresses_are_public(address: str, public: bool) -> None:
