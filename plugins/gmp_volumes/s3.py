@@ -73,9 +73,10 @@ class S3Source:
         return data
 
     async def close(self) -> None:
-        client = self.fs._s3
-        if client is not None:
-            await client.close()
+        """Close the clients s3fs opened (one per region it met, without endpoint_url)."""
+        creator = getattr(self.fs, "_s3creator", None)  # set by the first request
+        if creator is not None:
+            await creator.__aexit__(None, None, None)
 
 
 def _guard_refusal(error: BaseException) -> AttachmentError | None:
