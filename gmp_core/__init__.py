@@ -45,6 +45,7 @@ from gmp_core.store import (
     MessageRecord,
     QueueDepth,
     Store,
+    StoreCannotWrite,
     VolumeRecord,
 )
 
@@ -85,6 +86,7 @@ __all__ = [
     "Settings",
     "State",
     "Store",
+    "StoreCannotWrite",
     "TlsMode",
     "Transport",
     "VolumeBackend",

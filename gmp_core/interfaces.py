@@ -25,7 +25,8 @@ class Transport(Protocol):
         ...
 
     async def forget_account(self, account_id: str) -> None:
-        """The account changed or was deleted: drop what is cached for it (connections)."""
+        """The account changed or was deleted: close what is cached for it (connections;
+        busy ones when their send ends). Not called when an update changes nothing."""
         ...
 
     async def close(self) -> None:

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import pluggy
@@ -26,7 +26,7 @@ from gmp_core.interfaces import RateLimitPolicy, Reporter, Transport, VolumeBack
 from gmp_core.models import IMMEDIATE, Account, Event, Message, Principal
 from gmp_core.plugins import call_each, make_plugin_manager, notify_each
 from gmp_core.reporter import Reporting
-from gmp_core.store import DeleteResult, MessageRecord, Store
+from gmp_core.store import DeleteResult, MessageRecord, Store, StoreCannotWrite
 
 log = logging.getLogger("gmp.service")
 
@@ -229,22 +229,32 @@ class Service:
     # ------------------------------------------------------------------ health
 
     def health_problems(self) -> list[str]:
-        """Empty when healthy; else what is wrong (a background loop died)."""
+        """Empty when healthy; else what is wrong: a background loop died, or is stuck (its
+        heartbeat is older than its bound: a call that never returns)."""
         if self._dispatcher is None:
             return ["not started"]
         dead = self._dispatcher.dead_tasks
+        now = time.time()
+        stuck = self._dispatcher.stuck_tasks(now)
         if self._reporting is not None:
             dead += self._reporting.dead_tasks
-        return [f"background task {name} has stopped" for name in dead]
+            stuck |= self._reporting.stuck_tasks(now)
+        return [f"background task {name} has stopped" for name in dead] + [
+            f"background task {name} is stuck (no heartbeat for {since:.0f}s)"
+            for name, since in stuck.items()
+        ]
 
     async def readiness_problems(self, timeout: float) -> list[str]:
         """Empty when the service can take work: its loops live and its store answers
-        within ``timeout`` seconds. (The error's text is not given: it may name a host.)"""
+        within ``timeout`` seconds, and can write. (The error's text is not given: it may
+        name a host.)"""
         problems = self.health_problems()
         if self._store is not None:
             try:
                 async with asyncio.timeout(timeout):
                     await self._store.ping()
+            except StoreCannotWrite as exc:
+                problems.append(str(exc))
             except Exception as exc:
                 problems.append(f"store unreachable ({type(exc).__name__})")
         return problems
@@ -449,8 +459,10 @@ class Service:
         account = parse_account(payload)
         if principal is not None and not principal.may_use(account.id):
             raise Forbidden(f"id: {NOT_YOURS}")
+        previous = (await self.store.get_accounts([account.id])).get(account.id)
         await self.store.put_account(account, time.time())
-        await self._forget_account(account.id)
+        if previous is None or _settings(previous) != _settings(account):
+            await self._forget_account(account.id)  # an unchanged one keeps its connections
         return account
 
     async def list_accounts(self, principal: Principal | None = None) -> list[Account]:
@@ -515,6 +527,11 @@ def _registrar(registry: dict[str, T], kind: str) -> Callable[[str, T], None]:
         registry[name] = obj
 
     return register
+
+
+def _settings(account: Account) -> Account:
+    """The account without its timestamps: what a change of it changes."""
+    return replace(account, created_at=None, updated_at=None)
 
 
 def _item_id(item: Any) -> str | None:

@@ -15,6 +15,7 @@ shown without its credentials or query.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -52,7 +53,12 @@ class ProxySyncSettings(Settings):
         "", env="GMP_CLIENT_SYNC_TOKEN", description="Bearer token (wins over user/password)"
     )
     secret: str = setting("", description="HMAC-SHA256 key that signs each body; empty: unsigned")
-    timeout: float = setting(30.0, gt=0, description="seconds for one post, connect to answer")
+    timeout: float = setting(
+        30.0,
+        gt=0,
+        description="seconds one post may take in all: connecting, sending, and reading "
+        "the whole answer",
+    )
     report_deferred: bool = setting(False, description="also report deferrals, not only outcomes")
     ack: Literal["2xx", "json_ok"] = setting(
         "2xx",
@@ -74,6 +80,7 @@ class ProxySyncReporter:
         self.ack = settings.ack
         self.url = settings.url
         self.secret = settings.secret
+        self.timeout = settings.timeout
         self.where = _printable(settings.url)
         headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
         auth = httpx.BasicAuth(settings.user, settings.password) if settings.user else None
@@ -91,7 +98,13 @@ class ProxySyncReporter:
         if self.secret:
             headers[SIGNATURE_HEADER] = sign(self.secret, body, int(time.time()))
         try:
-            response = await self._client.post(self.url, content=body, headers=headers)
+            # httpx's timeout bounds each read, not the exchange: an endpoint trickling its
+            # answer a byte at a time would hold the post (and the lease) for ever.
+            async with asyncio.timeout(self.timeout):
+                response = await self._client.post(self.url, content=body, headers=headers)
+        except TimeoutError:
+            log.warning("proxy_sync to %s took longer than %gs", self.where, self.timeout)
+            return ReportReply(acknowledged=False)
         except httpx.HTTPError as exc:
             log.warning("proxy_sync to %s failed: %s", self.where, type(exc).__name__)
             return ReportReply(acknowledged=False)

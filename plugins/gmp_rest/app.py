@@ -46,6 +46,7 @@ from gmp_core import (
     RouteAnswer,
     RouteRequest,
     Service,
+    StoreCannotWrite,
 )
 from gmp_core.models import format_address
 from gmp_core.service import NOT_YOURS
@@ -105,6 +106,7 @@ def create_app(service: Service) -> Quart:
     app.register_error_handler(RequestSchemaValidationError, schema_error)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Forbidden, forbidden)
+    app.register_error_handler(StoreCannotWrite, store_cannot_write)
     app.register_error_handler(Exception, internal_error)
     for rule, view, methods in ROUTES:
         app.add_url_rule(rule, view.__name__, view, methods=methods)
@@ -342,6 +344,12 @@ async def forbidden(exc: Forbidden) -> ResponseReturnValue:
     return failure(403, str(exc))
 
 
+async def store_cannot_write(exc: StoreCannotWrite) -> ResponseReturnValue:
+    """507 Insufficient Storage: nothing of the request was kept; try again later."""
+    log.error("%s %s: %s", request.method, request.path, exc)
+    return failure(507, str(exc))
+
+
 async def internal_error(exc: Exception) -> ResponseReturnValue:
     log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
     return failure(500, "internal error")
@@ -484,7 +492,8 @@ async def health() -> ResponseReturnValue:
 
     No token needed. 200 `{"ok": true, "status": "ok"}` (the original service answered
     `{"status": "ok"}`); 503 with `status: "error"` and the reason when a background loop
-    has died. For container health checks and load balancers.
+    has died or is stuck (no heartbeat for longer than its lease). For container health
+    checks and load balancers.
     """
     problems = _service().health_problems()
     if problems:

@@ -8,7 +8,8 @@ every view are added here, from facts about the route, so no view can forget the
 * 403 where a caller limited to some accounts may not go (what acts on the whole proxy);
 * 413 on every endpoint that needs the token (checked there, before any body is read);
 * 400, 408 and 422 on every endpoint that reads a body;
-* 431 everywhere (``limit_headers``).
+* 431 everywhere (``limit_headers``);
+* 507 on every endpoint that writes (the store cannot write: disk full).
 
 The facts come from ``app.extensions`` (set by ``create_app``), read when the document is
 built, so plugin routes added after the extension was set up are covered too.
@@ -41,6 +42,8 @@ BODY_FAILURES = {
     422: "The body does not fit this endpoint; the error names the field.",
 }
 HEADERS_TOO_LARGE = "Request line and headers are larger than [rest] max_header_bytes."
+CANNOT_WRITE = "The store cannot write (disk full, say): nothing was changed; try again later."
+WRITING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def fails(status: int, when: str, model: type[BaseModel] = Failure) -> Callable[[V], V]:
@@ -65,8 +68,8 @@ class GmpOpenAPIProvider(OpenAPIProvider):
         failure_response, failure_components = self.build_response_object(Failure, None)
         components.update(failure_components)
         for operations in paths.values():
-            for operation in operations.values():
-                self._complete(operation, rule.endpoint, view, failure_response)
+            for method, operation in operations.items():
+                self._complete(operation, rule.endpoint, view, failure_response, {method.upper()})
         return paths, components
 
     def _complete(
@@ -75,9 +78,10 @@ class GmpOpenAPIProvider(OpenAPIProvider):
         endpoint: str,
         view: Callable[..., Any],
         failure_response: dict[str, Any],
+        methods: set[str],
     ) -> None:
         responses: dict[int, dict[str, Any]] = dict(operation["responses"])
-        reasons = self._shared_failures(endpoint, view)
+        reasons = self._shared_failures(endpoint, view, methods)
         for status, when in getattr(view, FAILURES_ATTRIBUTE, {}).items():
             reasons.setdefault(status, []).append(when)
         for status, whys in reasons.items():
@@ -95,7 +99,9 @@ class GmpOpenAPIProvider(OpenAPIProvider):
         if endpoint in self._app.extensions["gmp_open_endpoints"]:
             operation["security"] = []
 
-    def _shared_failures(self, endpoint: str, view: Callable[..., Any]) -> dict[int, list[str]]:
+    def _shared_failures(
+        self, endpoint: str, view: Callable[..., Any], methods: set[str]
+    ) -> dict[int, list[str]]:
         extensions = self._app.extensions
         reasons: dict[int, list[str]] = {}
         if hasattr(view, QUART_SCHEMA_REQUEST_ATTRIBUTE):
@@ -106,6 +112,8 @@ class GmpOpenAPIProvider(OpenAPIProvider):
             if extensions["gmp_acts_on_the_whole_proxy"](endpoint):
                 reasons[403] = [WHOLE_PROXY]
         reasons[431] = [HEADERS_TOO_LARGE]
+        if WRITING_METHODS & set(methods):
+            reasons[507] = [CANNOT_WRITE]
         return reasons
 
 

@@ -38,6 +38,7 @@ class _Sql(Protocol):
     """What the captures need of the store they are mixed into."""
 
     runner: Runner
+    write_failure: str | None
     schema: Schema
     postgres: bool
 

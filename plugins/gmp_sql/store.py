@@ -178,6 +178,7 @@ class SqlStore(CaptureMethods):
         self._promote_sql = _PROMOTE_SQL.format(skip_locked=skip_locked)
         self._last_slot_prune = 0.0
         self._reporters: dict[str, bool] = {}  # name -> also wants deferrals
+        self.write_failure: str | None = None  # set by on_db_thread, cleared by ping
 
     # ------------------------------------------------------------------ plumbing
 
@@ -335,8 +336,16 @@ class SqlStore(CaptureMethods):
             await self._listener.close()
         await self.runner.close()
 
+    async def ping(self) -> None:
+        """Reach the database; after a write failed for lack of space, write (a flag) until
+        that works again: readiness stays down meanwhile."""
+        await self._select_one()
+        if self.write_failure is not None:
+            await self.set_flag("write_probe", repr(time.time()))  # raises while still full
+            self.write_failure = None
+
     @on_db_thread
-    def ping(self) -> None:
+    def _select_one(self) -> None:
         self._sql("SELECT 1")
 
     # ------------------------------------------------------------------ intake
