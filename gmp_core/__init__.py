@@ -9,6 +9,7 @@ def gmp_register_transports(register, service):
 
 import pluggy
 
+from gmp_core.captures import Capture, CaptureStore
 from gmp_core.config import Config, ConfigError, Settings, setting
 from gmp_core.intake import InvalidInput
 from gmp_core.interfaces import (
@@ -18,6 +19,8 @@ from gmp_core.interfaces import (
     RateLimitPolicy,
     Reporter,
     ReportReply,
+    RouteAnswer,
+    RouteRequest,
     Transport,
     VolumeBackend,
 )
@@ -42,6 +45,7 @@ from gmp_core.store import (
     MessageRecord,
     QueueDepth,
     Store,
+    StoreCannotWrite,
     VolumeRecord,
 )
 
@@ -53,6 +57,8 @@ __all__ = [
     "AccountDeletion",
     "Attachment",
     "AttachmentError",
+    "Capture",
+    "CaptureStore",
     "Claim",
     "Config",
     "ConfigError",
@@ -73,11 +79,14 @@ __all__ = [
     "RateLimitPolicy",
     "ReportReply",
     "Reporter",
+    "RouteAnswer",
+    "RouteRequest",
     "SendResult",
     "Service",
     "Settings",
     "State",
     "Store",
+    "StoreCannotWrite",
     "TlsMode",
     "Transport",
     "VolumeBackend",

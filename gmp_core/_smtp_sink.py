@@ -24,6 +24,7 @@ class TrackedSMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._sink._protocols.add(self)
+        self._sink.most_open = max(self._sink.most_open, len(self._sink._protocols))
         self._sink._disconnected.clear()
         super().connection_made(transport)
 

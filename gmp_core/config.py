@@ -158,6 +158,12 @@ class ReportingSettings(Settings):
     purge_interval: float = setting(
         300.0, gt=0, description="how often retention purges reported messages (seconds)"
     )
+    post_timeout: float = setting(
+        60.0,
+        gt=0,
+        description="longest one post may take, whatever the reporter (then it counts as "
+        "failed and is retried); the lease is renewed meanwhile (seconds)",
+    )
     flush_timeout: float = setting(
         10.0, ge=0, description="how long shutdown waits for a last post (seconds)"
     )

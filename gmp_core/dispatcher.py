@@ -117,6 +117,17 @@ class Dispatcher:
         """Names of background tasks that ended while they should be running."""
         return [t.get_name() for t in self._tasks if t.done() and not self._stopping]
 
+    def stuck_tasks(self, now: float) -> dict[str, float]:
+        """The claim loop, when its heartbeat is older than a claim lease (or three idle
+        waits, if longer): name -> seconds since. It beats at every turn, failing or not,
+        so only a call that never returns stops it."""
+        claim_loop = self._tasks[0] if self._tasks else None
+        if claim_loop is None or claim_loop.done() or self._stopping:
+            return {}
+        bound = max(self.settings.lease_seconds, 3 * self.settings.send_loop_interval)
+        since = now - max(self.heartbeat, self.service.started_at or now)
+        return {claim_loop.get_name(): since} if since > bound else {}
+
     @property
     def _stopping(self) -> bool:
         return self._stop_requested.is_set()

@@ -123,12 +123,21 @@ def gmp_shutdown(service: Service) -> Any:
 
 @hookspec
 def gmp_register_routes(register: Callable[..., None], service: Service) -> None:
-    """Add GET endpoints to the HTTP API: ``register(path, view, public=False)``.
+    """Add endpoints to the HTTP API:
+    ``register(path, view, public=False, methods=("GET",), scoped=False, responses=None,
+    media_type="text/plain")``.
 
-    ``view`` is ``async () -> (body: bytes | str, status: int, headers: dict[str, str])``, so
-    it does not depend on the web framework. ``public`` endpoints are served without
-    authentication; the others need what every API endpoint needs. The bundled REST plugin
-    serves them; the metrics plugin adds ``/metrics`` this way."""
+    ``path`` may name parameters in braces (``/things/{id}``, one path segment each).
+    ``view`` is ``async (request) -> (body, status, headers)``, so it does not depend on the
+    web framework: ``request`` is a :class:`~gmp_core.RouteRequest` (method, path_params,
+    query, json, principal); a view that takes no argument is called without one. ``body``
+    is bytes, text, or a dict or list sent as JSON. ``public`` endpoints are served without
+    authentication; the others need what every API endpoint needs. Callers limited to some
+    accounts are refused (403), unless ``scoped``: the view then shows and changes only what
+    belongs to ``request.principal.accounts``. ``responses`` (status -> when) and
+    ``media_type`` (of a 200 answer) document the route in ``/openapi.json``, where the
+    view's docstring is its summary and description. The bundled REST plugin serves them;
+    the metrics plugin adds ``/metrics`` this way, the sandbox ``/sandbox/messages``."""
 
 
 @hookspec

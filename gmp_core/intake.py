@@ -55,8 +55,15 @@ class MessageIn(BaseModel):
     return_path: str | None = None
     subject: str = ""
     body: str = ""
-    content_type: Literal["plain", "html"] = "plain"
-    html: str | None = None
+    content_type: Literal["plain", "html"] | None = Field(
+        None, description="the type of body (default plain)"
+    )
+    html: bool | str | None = Field(
+        None,
+        description="true: body is HTML (the original's clients send this); "
+        "a string: the HTML alternative of a plain body",
+    )
+    from_name: str | None = Field(None, description="display name of from, unless it has one")
     headers: dict[str, str | int | float] | None = None
     message_id: str | None = None
     attachments: list[AttachmentIn] | None = None
@@ -72,12 +79,16 @@ class AccountIn(BaseModel):
     model_config = ConfigDict(coerce_numbers_to_str=True)
 
     id: str = Field(min_length=1, max_length=200)
-    host: str = Field(min_length=1, max_length=255)
+    host: str | None = Field(
+        None, max_length=255, description="required for SMTP; other transports may need none"
+    )
     port: int = Field(587, ge=1, le=65535)
     user: str | None = None
     password: str | None = None
     tls: TlsMode | None = None
-    use_tls: bool | None = Field(None, description="legacy: true -> ssl on 465, else starttls")
+    use_tls: bool | None = Field(
+        None, description="legacy: true -> ssl on 465, else starttls; false -> none"
+    )
     limit_per_minute: int | None = Field(None, ge=0, le=MAX_INT)
     limit_per_hour: int | None = Field(None, ge=0, le=MAX_INT)
     limit_per_day: int | None = Field(None, ge=0, le=MAX_INT)
@@ -160,7 +171,7 @@ def parse_message(
     if not account_id:
         raise InvalidInput("missing account_id (and no default account is configured)")
     priority = parse_priority(data.priority)
-    sender = _one_address(data.from_, "from")
+    sender = _sender(data.from_, data.from_name)
     to = _addresses(data.to, "to")
     if not to:
         raise InvalidInput("missing to")
@@ -179,14 +190,59 @@ def parse_message(
         # stored is the subject received (the same for header values and display names).
         subject=data.subject.strip(),
         body=data.body,
-        content_type=data.content_type,
-        html=data.html,
+        content_type=_content_type(data.content_type, data.html),
+        html=data.html if isinstance(data.html, str) else None,
         headers=headers,
         message_id=_message_id(data.message_id, sender, message_id_domain),
         attachments=[_attachment(a) for a in data.attachments or ()],
         priority=default_priority if priority is None else priority,
         deferred_ts=data.deferred_ts,
     )
+
+
+def unknown_fields(item: Any) -> list[str]:
+    """Keys of an add-messages item that the proxy does not know: ignored, as the original
+    did, and named back to the client as warnings (``"to "`` or ``"subjet"`` are typos)."""
+    if not isinstance(item, dict):
+        return []
+    unknown = [str(key) for key in item if key not in MESSAGE_FIELDS]
+    attachments = item.get("attachments")
+    for index, attachment in enumerate(attachments if isinstance(attachments, list) else ()):
+        if isinstance(attachment, dict):
+            unknown.extend(
+                f"attachments[{index}].{key}" for key in attachment if key not in ATTACHMENT_FIELDS
+            )
+    return unknown
+
+
+def _field_names(model: type[BaseModel]) -> frozenset[str]:
+    return frozenset(
+        name for field, info in model.model_fields.items() for name in (field, info.alias) if name
+    )
+
+
+MESSAGE_FIELDS = _field_names(MessageIn)
+ATTACHMENT_FIELDS = _field_names(AttachmentIn)
+
+
+def _content_type(content_type: str | None, html: bool | str | None) -> str:
+    """``html: true`` says the body is HTML (as ``content_type: "html"``), ``false`` that it
+    is plain; a string ``html`` is an alternative part and leaves ``content_type`` alone."""
+    if not isinstance(html, bool):
+        return content_type or "plain"
+    wanted = "html" if html else "plain"
+    if content_type is not None and content_type != wanted:
+        raise InvalidInput(f"invalid html: {str(html).lower()} contradicts content_type")
+    return wanted
+
+
+def _sender(value: str, from_name: str | None) -> Address:
+    """The ``from`` address; ``from_name`` names it unless ``from`` has a display name."""
+    name, addr = _one_address(value, "from")
+    if from_name is None:
+        return name, addr
+    from_name = _display_name(from_name, "from_name")  # checked even where unused
+    return (name or from_name), addr
 
 
 def _validated(model: type[M], item: Any, what: str) -> M:
@@ -229,15 +285,19 @@ def _addresses(value: str | list[str] | None, field: str) -> list[Address]:
         for name, addr in _split_addresses(item):
             if not addr or not _valid_addr_spec(addr):
                 raise InvalidInput(f"invalid address: {item}")
-            if _HEADER_CONTROL.search(name):  # =0D=0A inside an encoded word
-                raise InvalidInput(f"invalid address: {field} {CONTROL_REASON}")
-            if "=?" in name:  # left after decoding: readers would each show it differently
-                raise InvalidInput(
-                    f"invalid address: {field} display name contains '=?' outside an encoded word"
-                )
-            # Readers collapse runs of spaces in a display name and drop them at its ends.
-            result.append((" ".join(name.split()), addr))
+            result.append((_display_name(name, field), addr))
     return result
+
+
+def _display_name(name: str, field: str) -> str:
+    """A display name as readers show it: runs of spaces collapsed, none at its ends."""
+    if _HEADER_CONTROL.search(name):  # also =0D=0A inside an encoded word, once decoded
+        raise InvalidInput(f"invalid address: {field} {CONTROL_REASON}")
+    if "=?" in name:  # left after decoding: readers would each show it differently
+        raise InvalidInput(
+            f"invalid address: {field} display name contains '=?' outside an encoded word"
+        )
+    return " ".join(name.split())
 
 
 # The common shapes, "a@b.c" and "Name <a@b.c>", without getaddresses' general parser
@@ -357,13 +417,15 @@ def _attachment(item: AttachmentIn) -> Attachment:
 def parse_account(item: Any) -> Account:
     """Validate a ``POST /account`` payload into an :class:`Account`."""
     data = _validated(AccountIn, item, "the account")
+    if not data.host and data.transport == "smtp":
+        raise InvalidInput("missing host")
     for field in ("id", "host", "user"):
         value = getattr(data, field)
         if value and (_CONTROL.search(value) or (field == "host" and " " in value)):
             raise InvalidInput(f"invalid {field}: contains spaces or control characters")
     return Account(
         id=data.id,
-        host=data.host,
+        host=data.host or "",
         port=data.port,
         user=data.user or None,
         password=data.password or None,
@@ -380,12 +442,16 @@ def parse_account(item: Any) -> Account:
 
 
 def _tls_mode(tls: TlsMode | None, use_tls: bool | None, port: int) -> TlsMode:
-    """Explicit ``tls`` wins; the legacy ``use_tls`` maps; else 465 -> ssl, other -> starttls.
+    """Explicit ``tls`` wins; the legacy ``use_tls`` maps (true: ssl on 465, else starttls;
+    false: none); naming neither, ssl on 465 and opportunistic STARTTLS elsewhere.
 
-    The default is encrypted: a plaintext relay must say ``tls: "none"``.
+    The original service sent plaintext to accounts that named no mode; its clients create
+    accounts that way and must keep working with relays that offer no STARTTLS.
     """
     if tls is not None:
         return tls
     if use_tls is False:
         return TlsMode.NONE
-    return TlsMode.SSL if port == 465 else TlsMode.STARTTLS
+    if port == 465:
+        return TlsMode.SSL
+    return TlsMode.STARTTLS if use_tls else TlsMode.OPPORTUNISTIC

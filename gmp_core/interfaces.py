@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from gmp_core.models import Account, OutgoingMessage, SendResult
+from gmp_core.models import Account, OutgoingMessage, Principal, SendResult
 
 
 @runtime_checkable
@@ -25,7 +25,8 @@ class Transport(Protocol):
         ...
 
     async def forget_account(self, account_id: str) -> None:
-        """The account changed or was deleted: drop what is cached for it (connections)."""
+        """The account changed or was deleted: close what is cached for it (connections;
+        busy ones when their send ends). Not called when an update changes nothing."""
         ...
 
     async def close(self) -> None:
@@ -94,16 +95,18 @@ class DeliveryReport:
     refused: list[dict[str, Any]] = field(default_factory=list)
 
     def as_item(self) -> dict[str, Any]:
+        """The wire shape; ``*_ts`` are unix seconds as integers, as in the API's answers."""
+        ts = int(self.ts)
         item: dict[str, Any] = {
             "id": self.id,
             "account_id": self.account_id,
             "priority": self.priority,
             "status": self.status,
-            "sent_ts": self.ts if self.status == "sent" else None,
-            "error_ts": self.ts if self.status == "error" else None,
+            "sent_ts": ts if self.status == "sent" else None,
+            "error_ts": ts if self.status == "error" else None,
             "error": self.error,
             "error_code": self.error_code,
-            "deferred_ts": self.deferred_ts,
+            "deferred_ts": None if self.deferred_ts is None else int(self.deferred_ts),
         }
         if self.refused:
             item["refused"] = self.refused
@@ -137,3 +140,21 @@ class Reporter(Protocol):
     async def close(self) -> None:
         """Shut down (close HTTP clients)."""
         ...
+
+
+@dataclass(slots=True, frozen=True)
+class RouteRequest:
+    """A request to an endpoint a plugin added (``gmp_register_routes``), free of the web
+    framework that serves it."""
+
+    method: str  # "GET", "DELETE", ...
+    path: str
+    path_params: dict[str, str]  # the {name} parts of the registered path
+    query: dict[str, str]  # the first value of each query parameter
+    json: Any  # the parsed JSON body: {} when empty; None for GET and HEAD
+    principal: Principal | None  # who is calling; None on public endpoints
+
+
+# What a route's view returns: the body (bytes, text, or a dict or list sent as JSON), the
+# status and the headers.
+RouteAnswer = tuple[bytes | str | dict[str, Any] | list[Any], int, dict[str, str]]

@@ -35,6 +35,9 @@ class TlsMode(StrEnum):
     NONE = "none"
     STARTTLS = "starttls"  # required: never falls back to plaintext
     SSL = "ssl"  # implicit TLS, usually port 465
+    # STARTTLS when offered (certificate not verified), plaintext otherwise: what an account
+    # naming no mode gets, the original service's plaintext default made safer
+    OPPORTUNISTIC = "opportunistic"
 
 
 @dataclass(slots=True)

@@ -14,6 +14,15 @@ meanwhile; the others look again every half lease, and one takes over once the l
 (the holder died) or is given back (the holder stopped). Without this every process would
 post every report, and send its own heartbeats.
 
+A post never takes longer than ``post_timeout``, whatever the reporter does (an endpoint that
+trickles its answer a byte at a time, say): then it counts as failed. If the lease cannot be
+renewed during a post (another process has it, or the store stopped answering for most of a
+lease), the post is cancelled: two processes never post the same batch at once.
+
+Each loop beats (``heartbeat``) at least every third of a lease, while it waits and while it
+posts; one whose heartbeat is older than a lease is stuck (a store call or an observer that
+never returns), and ``/health`` says so (:meth:`Reporting.stuck_tasks`).
+
 Retention runs beside them: messages every reporter acknowledged are purged after
 ``delivery_report_retention_seconds``; nothing unacknowledged ever is.
 """
@@ -89,6 +98,20 @@ class Reporting:
         tasks = [self._purge_task, *(loop.task for loop in self.loops)]
         return [task.get_name() for task in tasks if task is not None and task.done()]
 
+    def stuck_tasks(self, now: float) -> dict[str, float]:
+        """Report loops whose heartbeat is older than a lease: name -> seconds since."""
+        if self._stopping.is_set():
+            return {}
+        bound = self.service.config.reporting.lease_seconds
+        stuck = {}
+        for loop in self.loops:
+            if loop.task is None or loop.task.done():
+                continue  # not started, or dead: dead_tasks tells
+            since = now - max(loop.heartbeat, self.service.started_at or now)
+            if since > bound:
+                stuck[loop.task.get_name()] = since
+        return stuck
+
     def status(self) -> dict[str, dict[str, float | int | None]]:
         return {loop.name: loop.status() for loop in self.loops}
 
@@ -123,6 +146,7 @@ class ReportLoop:
         self.failures = 0  # failed posts in a row
         self.last_acknowledged: float | None = None
         self._last_post = time.monotonic()  # the heartbeat counts from start-up
+        self._lease_confirmed = 0.0  # when the store last said the lease is ours (monotonic)
         self._wake = asyncio.Event()  # new reports may be waiting
         self._hurry = asyncio.Event()  # run-now or stop: cut any wait short
         self._stopping = False
@@ -174,14 +198,22 @@ class ReportLoop:
 
     async def _lead(self) -> bool:
         """Take or renew this reporter's lease; True while this process holds it."""
+        self.leading = await self._renew() is True
+        return self.leading
+
+    async def _renew(self) -> bool | None:
+        """Take or renew the lease: True held, False another process has it, None the
+        store did not answer."""
         try:
-            self.leading = await self.service.store.hold_lease(
+            held = await self.service.store.hold_lease(
                 self._lease_name, self.holder, time.time(), self.settings.lease_seconds
             )
         except Exception:
             log.exception("taking the report lease of %r failed", self.name)
-            self.leading = False
-        return self.leading
+            return None
+        if held:
+            self._lease_confirmed = time.monotonic()
+        return held
 
     async def _resign(self) -> None:
         """Give the lease back at shutdown, so that another process reports at once."""
@@ -206,12 +238,14 @@ class ReportLoop:
             await self._wait(self._wake, at_most - at_least)
 
     async def _wait(self, event: asyncio.Event, timeout: float) -> None:
-        """Until ``event`` is set, for at most ``timeout``; the lease holder renews its lease
-        every third of it meanwhile, so that no other process posts during its pause."""
+        """Until ``event`` is set, for at most ``timeout``, beating every third of a lease;
+        the lease holder renews its lease as often, so that no other process posts during
+        its pause."""
         deadline = time.monotonic() + timeout
-        renew_every = self.settings.lease_seconds / 3
+        beat = self.settings.lease_seconds / 3
         while not event.is_set() and (left := deadline - time.monotonic()) > 0:
-            await _wait_for(event, min(left, renew_every) if self.leading else left)
+            await _wait_for(event, min(left, beat))
+            self.heartbeat = time.time()
             if self.leading and not event.is_set() and deadline > time.monotonic():
                 await self._lead()
 
@@ -249,7 +283,7 @@ class ReportLoop:
         started = time.perf_counter()
         reply: ReportReply | None
         try:
-            reply = await self.reporter.report(reports)
+            reply = await self._post_while_leading(reports)
         except Exception:
             log.exception("reporter %r failed on %d reports", self.name, len(reports))
             reply = None
@@ -264,6 +298,47 @@ class ReportLoop:
         kind = "report_posted" if acknowledged else "report_failed"
         await self.service.notify_events([Event(kind, "", None, time.time(), data=data)])
         return reply
+
+    async def _post_while_leading(self, reports: Sequence[DeliveryReport]) -> ReportReply | None:
+        """The reporter's answer; None when it took longer than ``post_timeout``, or when
+        the lease could not be kept meanwhile (the post is cancelled then). Beats and renews
+        the lease every third of a lease while the post is under way."""
+        settings = self.settings
+        post = asyncio.ensure_future(self.reporter.report(reports))
+        deadline = time.monotonic() + settings.post_timeout
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                done, _ = await asyncio.wait({post}, timeout=min(left, settings.lease_seconds / 3))
+                if done:
+                    return post.result()
+                self.heartbeat = time.time()
+                if not await self._keep_lease_while_posting():
+                    log.warning(
+                        "reporter %r: the report lease could not be kept; post cancelled",
+                        self.name,
+                    )
+                    return None
+            log.warning(
+                "reporter %r did not answer within %gs (post_timeout); post cancelled",
+                self.name,
+                settings.post_timeout,
+            )
+            return None
+        finally:
+            if not post.done():
+                post.cancel()
+                await asyncio.gather(post, return_exceptions=True)
+
+    async def _keep_lease_while_posting(self) -> bool:
+        """Renew the lease; False once another process may hold it: it said so, or the
+        store has not confirmed it for two thirds of a lease (one renewal before it runs
+        out)."""
+        held = await self._renew()
+        if held is None:  # the store did not answer: the lease is ours until it runs out
+            since = time.monotonic() - self._lease_confirmed
+            held = since < self.settings.lease_seconds * 2 / 3
+        self.leading = held
+        return held
 
     def _back_off(self) -> tuple[float, float]:
         self.failures += 1

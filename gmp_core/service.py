@@ -8,19 +8,25 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import pluggy
 
 from gmp_core.config import Config, ConfigError
 from gmp_core.dispatcher import Dispatcher
-from gmp_core.intake import InvalidInput, parse_account, parse_message, parse_priority
+from gmp_core.intake import (
+    InvalidInput,
+    parse_account,
+    parse_message,
+    parse_priority,
+    unknown_fields,
+)
 from gmp_core.interfaces import RateLimitPolicy, Reporter, Transport, VolumeBackend
 from gmp_core.models import IMMEDIATE, Account, Event, Message, Principal
 from gmp_core.plugins import call_each, make_plugin_manager, notify_each
 from gmp_core.reporter import Reporting
-from gmp_core.store import DeleteResult, MessageRecord, Store
+from gmp_core.store import DeleteResult, MessageRecord, Store, StoreCannotWrite
 
 log = logging.getLogger("gmp.service")
 config_log = logging.getLogger("gmp.config")
@@ -28,16 +34,42 @@ config_log = logging.getLogger("gmp.config")
 T = TypeVar("T")
 
 
+# Refusals that say the message is already there: a client retrying a call that was stored
+# gets them, and its call still succeeded.
+ALREADY_THERE = frozenset({"already sent", "in flight"})
+
+
 @dataclass(slots=True)
 class Rejection:
     id: str | None
     reason: str
+
+    @property
+    def for_content(self) -> bool:
+        """Refused for what the message says, not because it is already there."""
+        return self.reason not in ALREADY_THERE
+
+
+@dataclass(slots=True)
+class FieldWarning:
+    """A field of a message that was ignored (unknown to the proxy, usually a typo)."""
+
+    id: str | None
+    field: str
+    warning: str = "unknown field ignored"
 
 
 @dataclass(slots=True)
 class AddResult:
     queued: int
     rejected: list[Rejection] = field(default_factory=list)
+    warnings: list[FieldWarning] = field(default_factory=list)
+
+    @property
+    def all_rejected(self) -> bool:
+        """Nothing queued, and every message refused for its content (a call whose messages
+        are all already sent is a retry that succeeded)."""
+        return not self.queued and bool(self.rejected) and all(r.for_content for r in self.rejected)
 
 
 class AccountBusy(Exception):
@@ -207,22 +239,32 @@ class Service:
     # ------------------------------------------------------------------ health
 
     def health_problems(self) -> list[str]:
-        """Empty when healthy; else what is wrong (a background loop died)."""
+        """Empty when healthy; else what is wrong: a background loop died, or is stuck (its
+        heartbeat is older than its bound: a call that never returns)."""
         if self._dispatcher is None:
             return ["not started"]
         dead = self._dispatcher.dead_tasks
+        now = time.time()
+        stuck = self._dispatcher.stuck_tasks(now)
         if self._reporting is not None:
             dead += self._reporting.dead_tasks
-        return [f"background task {name} has stopped" for name in dead]
+            stuck |= self._reporting.stuck_tasks(now)
+        return [f"background task {name} has stopped" for name in dead] + [
+            f"background task {name} is stuck (no heartbeat for {since:.0f}s)"
+            for name, since in stuck.items()
+        ]
 
     async def readiness_problems(self, timeout: float) -> list[str]:
         """Empty when the service can take work: its loops live and its store answers
-        within ``timeout`` seconds. (The error's text is not given: it may name a host.)"""
+        within ``timeout`` seconds, and can write. (The error's text is not given: it may
+        name a host.)"""
         problems = self.health_problems()
         if self._store is not None:
             try:
                 async with asyncio.timeout(timeout):
                     await self._store.ping()
+            except StoreCannotWrite as exc:
+                problems.append(str(exc))
             except Exception as exc:
                 problems.append(f"store unreachable ({type(exc).__name__})")
         return problems
@@ -275,8 +317,10 @@ class Service:
 
         started = time.perf_counter()
         rejected: list[Rejection] = []
+        warnings: list[FieldWarning] = []
         parsed: dict[str, Message] = {}  # by id: a later copy in the batch replaces an earlier
         for item in items:
+            warnings.extend(FieldWarning(_item_id(item), name) for name in unknown_fields(item))
             try:
                 message = parse_message(
                     item,
@@ -329,7 +373,7 @@ class Service:
         rejections = [Event("rejected", r.id or "", None, now, detail=r.reason) for r in rejected]
         await self._keep_rejections([e for e in rejections if e.message_id], principal)
         await self.notify_events(rejections)
-        return AddResult(queued=len(result.queued), rejected=rejected)
+        return AddResult(queued=len(result.queued), rejected=rejected, warnings=warnings)
 
     async def _keep_rejections(self, events: list[Event], principal: Principal | None) -> None:
         """Into the history of the ids the client used; a caller limited to some accounts
@@ -426,8 +470,10 @@ class Service:
         account = parse_account(payload)
         if principal is not None and not principal.may_use(account.id):
             raise Forbidden(f"id: {NOT_YOURS}")
+        previous = (await self.store.get_accounts([account.id])).get(account.id)
         await self.store.put_account(account, time.time())
-        await self._forget_account(account.id)
+        if previous is None or _settings(previous) != _settings(account):
+            await self._forget_account(account.id)  # an unchanged one keeps its connections
         return account
 
     async def list_accounts(self, principal: Principal | None = None) -> list[Account]:
@@ -492,6 +538,11 @@ def _registrar(registry: dict[str, T], kind: str) -> Callable[[str, T], None]:
         registry[name] = obj
 
     return register
+
+
+def _settings(account: Account) -> Account:
+    """The account without its timestamps: what a change of it changes."""
+    return replace(account, created_at=None, updated_at=None)
 
 
 def _item_id(item: Any) -> str | None:

@@ -20,6 +20,16 @@ from gmp_core.interfaces import DeliveryReport
 from gmp_core.models import Account, Event, Message, Outcome
 
 
+class StoreCannotWrite(Exception):
+    """The store answers but cannot write: its disk, or its quota, is full. The text is
+    ``store cannot write: <reason>``, safe to show a client (no path, no secret): the API
+    answers 507 with it, and ``/ready`` 503 until a write succeeds again (``ping``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"store cannot write: {reason}")
+        self.reason = reason
+
+
 @dataclass(slots=True)
 class Claim:
     """A message handed to a dispatcher until ``lease_until``."""
@@ -111,7 +121,9 @@ class Store(Protocol):
         ...
 
     async def ping(self) -> None:
-        """Raise when the database cannot be reached (readiness)."""
+        """Raise when the database cannot be reached (readiness); raise
+        :class:`StoreCannotWrite` while the last write failed for lack of space and a write
+        tried now fails too."""
         ...
 
     # intake ------------------------------------------------------------------------------

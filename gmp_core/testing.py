@@ -157,6 +157,9 @@ class SmtpSink:
       flight); ``wait_held(n)`` returns once n transactions are waiting;
     * ``faults``: :class:`Faults`, random replies, drops and stalls; ``injected`` counts them
       by kind and ``attempts`` counts RCPTs per recipient.
+
+    Counters: ``connections`` ever made, ``open_connections`` now, ``most_open`` at once,
+    ``quits`` received.
     """
 
     def __init__(
@@ -178,7 +181,8 @@ class SmtpSink:
         self.faults: Faults | None = None
         self.injected: Counter[str] = Counter()
         self.attempts: Counter[str] = Counter()
-        self.connections = 0
+        self.connections = 0  # every connection ever made
+        self.most_open = 0  # the most connections open at once
         self.quits = 0
         self.logins: list[str] = []
         self._tls_context = tls_context
@@ -232,6 +236,11 @@ class SmtpSink:
         transaction it had open is settled: recorded, or dropped for good."""
         async with asyncio.timeout(timeout):
             await self._disconnected.wait()
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open right now."""
+        return len(self._protocols)
 
     def by_id(self) -> dict[str, list[ReceivedMail]]:
         """Mails grouped by their X-GMP-ID header (duplicates show as longer lists)."""

@@ -16,16 +16,17 @@ LISTENING = re.compile(rb"REST API listening on (http://\S+)")
 
 
 class ServeProcess:
-    """`gmp serve` with a config of the test's, reachable at ``url`` once started. ``env``
-    is added to the environment; ``find_config``: no ``--config``, so that gmp finds the file
-    in its working directory (the config's directory) by itself."""
+    """`gmp serve` with a config of the test's, reachable at ``url`` once started."""
 
     def __init__(
-        self, config: Path, *, env: dict[str, str] | None = None, find_config: bool = False
+        self, config: Path | None, *, cwd: Path | None = None, env: dict[str, str] | None = None
     ) -> None:
+        """``config`` None: no --config, as a container started with only environment
+        variables, or to let gmp find a config file in ``cwd`` by itself (where it runs);
+        ``env`` adds to this process's."""
         self.config = config
+        self.cwd = cwd or (config.parent if config else Path.cwd())
         self.env = env or {}
-        self.find_config = find_config
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
         self.log: list[bytes] = []
@@ -33,7 +34,7 @@ class ServeProcess:
 
     async def start(self) -> ServeProcess:
         gmp = Path(sys.executable).parent / "gmp"
-        config = [] if self.find_config else ["--config", str(self.config)]
+        config = ["--config", str(self.config)] if self.config else []
         self.proc = await asyncio.create_subprocess_exec(
             str(gmp),
             "serve",
@@ -41,7 +42,7 @@ class ServeProcess:
             "--log-level",
             "INFO",
             stderr=asyncio.subprocess.PIPE,
-            cwd=self.config.parent,
+            cwd=self.cwd,
             env={**os.environ, "GMP_CONFIG": "", **self.env},
         )
         assert self.proc.stderr is not None

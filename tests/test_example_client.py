@@ -43,7 +43,7 @@ async def test_the_reference_client_sends_and_receives_signed_reports(
         await service.put_account(account(sink))
         async with httpx.AsyncClient(base_url=client.url) as http:
             queued = await http.post("/send", json=message("c1"))
-            assert queued.json() == {"ok": True, "queued": 1, "rejected": []}
+            assert queued.json() == {"ok": True, "queued": 1, "rejected": [], "warnings": []}
 
             async def reported() -> bool:
                 outcomes = (await http.get("/outcomes")).json()["outcomes"]

@@ -2,11 +2,12 @@
 
 Every operation the document describes is called with generated requests, valid and invalid
 alike, on a real service listening on 127.0.0.1 (token configured, sending suspended and the
-account pointing at a closed port: nothing leaves the machine). Two promises are checked for
+account pointing at a closed port: nothing leaves the machine). These promises are checked for
 every answer:
 
 * no 5xx, whatever was sent;
-* every 4xx is our JSON failure, ``{"ok": false, "error": "..."}``, with a reason in it.
+* every 4xx is our JSON failure, ``{"ok": false, "error": "..."}``, with a reason in it;
+* and the document tells the truth: each status answered is documented, with its body.
 
 schemathesis and its requests client are synchronous, while the service is asyncio: the
 service runs in an event loop of its own on a background thread, and the tests talk to it
@@ -34,7 +35,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import response_schema_conformance
+from schemathesis.specs.openapi.checks import (
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from gmp_core import Service
 from tests.rest.rest_support import TOKEN, MemoryVolumes, account, rest_config
@@ -94,12 +98,19 @@ def documented_operations() -> list[tuple[str, str]]:
     """(method, OpenAPI path) of every route of the REST plugin: ``/a/<path:x>`` -> ``/a/{x}``.
 
     Taken from the app's route table, because pytest collects before any service runs
-    (schemathesis' own ``from_fixture`` loader does not work with pytest 9).
+    (schemathesis' own ``from_fixture`` loader does not work with pytest 9), plus the routes
+    the bundled metrics and sandbox plugins add.
     ``test_every_documented_operation_is_fuzzed`` keeps this list and the document in step."""
     return [
         (method, re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule))
         for rule, _, methods in ROUTES
         for method in methods
+    ] + [
+        ("GET", "/metrics"),
+        ("GET", "/sandbox/messages"),
+        ("DELETE", "/sandbox/messages"),
+        ("GET", "/sandbox/messages/{capture_id}"),
+        ("GET", "/sandbox/messages/{capture_id}/raw"),
     ]
 
 
@@ -127,7 +138,13 @@ def has_inputs(operation: Any) -> bool:
     return any(len(part) for part in (operation.path_parameters, operation.query, operation.body))
 
 
-CHECKS = [not_a_server_error, failures_name_the_problem, response_schema_conformance]
+# status_code_conformance: every status the API answers is in the document (issue #14).
+CHECKS = [
+    not_a_server_error,
+    failures_name_the_problem,
+    response_schema_conformance,
+    status_code_conformance,
+]
 
 
 ADD_MESSAGES = ("POST", "/commands/add-messages")

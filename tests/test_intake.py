@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from gmp_core import Service
-from gmp_core.intake import InvalidInput, parse_account, parse_message
+from gmp_core.intake import InvalidInput, parse_account, parse_message, unknown_fields
 from tests.support import message
 
 
@@ -39,6 +39,12 @@ def parse(item: Any, **kwargs: Any) -> Any:
         ({"content_type": "markdown"}, "invalid content_type"),
         ({"deferred_ts": -5}, "invalid deferred_ts"),
         ({"message_id": "no-at-sign"}, "invalid message_id"),
+        ({"html": ["<p>"]}, "invalid html"),
+        ({"html": True, "content_type": "plain"}, "invalid html: true contradicts content_type"),
+        ({"html": False, "content_type": "html"}, "invalid html: false contradicts content_type"),
+        ({"from_name": "Shop\r\nBcc: x@example.com"}, "invalid address: from_name contains CR"),
+        ({"from_name": "=?utf-8?q?x?="}, "invalid address: from_name display name contains '=?'"),
+        ({"from_name": ["Shop"]}, "invalid from_name"),
         ({"attachments": [{"filename": "a.pdf"}]}, "missing attachments[0].storage_path"),
         (
             {"attachments": [{"filename": "a.pdf", "storage_path": "nocolon"}]},
@@ -87,6 +93,46 @@ def test_normalisation() -> None:
     assert parsed.headers == {"X-N": "5"}
 
 
+@pytest.mark.parametrize(
+    ("fields", "content_type", "html"),
+    [
+        ({"html": True}, "html", None),  # the original's example client sends this
+        ({"html": True, "content_type": "html"}, "html", None),
+        ({"html": False}, "plain", None),
+        ({"html": None}, "plain", None),
+        ({}, "plain", None),
+        ({"content_type": "html"}, "html", None),
+        ({"html": "<p>hi</p>"}, "plain", "<p>hi</p>"),  # an alternative of a plain body
+    ],
+)
+def test_html_as_a_flag_or_an_alternative(
+    fields: dict[str, Any], content_type: str, html: str | None
+) -> None:
+    parsed = parse({**message("m1"), **fields})
+    assert (parsed.content_type, parsed.html) == (content_type, html)
+
+
+def test_from_name_names_a_bare_sender() -> None:
+    named = parse({**message("m1"), "from": "info@example.com", "from_name": "  Example  Shop "})
+    assert named.sender == ("Example Shop", "info@example.com")
+    # a display name in `from` itself wins
+    kept = parse({**message("m1"), "from": "Shop <info@example.com>", "from_name": "Other"})
+    assert kept.sender == ("Shop", "info@example.com")
+
+
+def test_unknown_fields_are_named() -> None:
+    item = {
+        **message("m1"),
+        "tenant_id": "t1",
+        "subjet": "typo",
+        "attachments": [{"filename": "a.txt", "storage_path": "base64:eA==", "fetch_mode": "x"}],
+    }
+    assert unknown_fields(item) == ["tenant_id", "subjet", "attachments[0].fetch_mode"]
+    assert unknown_fields({**message("m1"), "from_name": "A", "html": True}) == []
+    assert unknown_fields("not an object") == []
+    assert unknown_fields({**message("m1"), "attachments": True}) == []  # refused later
+
+
 def test_priority_defaults_and_default_account() -> None:
     item = message("m1")
     del item["account_id"]
@@ -112,6 +158,16 @@ def test_account_validation() -> None:
         parse_account({"id": "a", "host": "h", "limit_behavior": "error"})
     account = parse_account({"id": "a", "host": "h", "limit_per_minute": 0})
     assert account.limit_per_minute is None and account.rate_limits == []
+
+
+def test_only_smtp_accounts_need_a_host() -> None:
+    for payload in ({"id": "a", "host": ""}, {"id": "a", "transport": "smtp", "host": None}):
+        with pytest.raises(InvalidInput, match=r"^missing host$"):
+            parse_account(payload)
+    sandbox = parse_account({"id": "a", "transport": "sandbox"})
+    assert (sandbox.host, sandbox.transport) == ("", "sandbox")
+    with pytest.raises(InvalidInput, match=r"^invalid host"):
+        parse_account({"id": "a", "transport": "sandbox", "host": "bad host"})
 
 
 async def test_batch_keeps_valid_messages_and_rejects_the_rest(service: Service) -> None:

@@ -242,7 +242,7 @@ async def test_metrics_need_the_token_when_not_public(start: Start) -> None:
     async with client(service) as http:
         assert "gmp_pending_messages" in (await http.get("/metrics")).text
         schema = (await http.get("/openapi.json")).json()
-        assert "/metrics" not in schema["paths"]
+        assert "401" in schema["paths"]["/metrics"]["get"]["responses"]
 
 
 async def test_each_service_has_its_own_registry(
@@ -261,14 +261,18 @@ async def test_each_service_has_its_own_registry(
 async def test_ready_and_metrics_while_the_store_does_not_answer(start: Start) -> None:
     service = await start(rest={"ready_timeout": 0.2}, metrics={"store_timeout": 0.2})
     async with client(service, token=None) as anonymous:
-        assert (await anonymous.get("/ready")).json() == {"ok": True}
+        assert (await anonymous.get("/ready")).json() == {"ok": True, "status": "ok"}
         # The store's database thread is stuck (a lock held elsewhere, a dead disk...).
         release = threading.Event()
         stuck = asyncio.ensure_future(service.store.runner.run(release.wait))
         try:
             response = await anonymous.get("/ready")
             assert response.status_code == 503
-            assert response.json() == {"ok": False, "error": "store unreachable (TimeoutError)"}
+            assert response.json() == {
+                "ok": False,
+                "error": "store unreachable (TimeoutError)",
+                "status": "error",
+            }
             assert (await anonymous.get("/health")).status_code == 200  # alive all the same
             stale = await scrape(anonymous)  # answers, with what it knows
             assert stale("gmp_store_up") == 0 and stale("gmp_healthy") == 1

@@ -193,7 +193,7 @@ async def test_a_config_ini_in_the_working_directory_is_found(tmp_path: Path) ->
     ini.write_text(
         f"[storage]\ndb_path = {tmp_path / 'found.db'}\n[server]\nport = 0\napi_token = {TOKEN}\n"
     )
-    proxy = await ServeProcess(ini, find_config=True).start()
+    proxy = await ServeProcess(None, cwd=ini.parent).start()
     try:
         assert (
             "read config.ini, the original service's configuration" in b"".join(proxy.log).decode()

@@ -52,7 +52,7 @@ async def test_http_in_smtp_out_and_sigterm_exits_cleanly(
         answer = await post(
             client, "/commands/add-messages", {"messages": [message(f"m{i}") for i in range(20)]}
         )
-        assert answer == {"ok": True, "queued": 20, "rejected": []}
+        assert answer == {"ok": True, "queued": 20, "rejected": [], "warnings": []}
         await sink.wait_for(20)
     assert await proxy.stop(signal.SIGTERM) == 0
     assert sink.quits == sink.connections  # every pooled connection said QUIT

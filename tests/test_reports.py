@@ -62,6 +62,8 @@ async def test_outcomes_are_posted_and_acknowledged(
     assert by_id["ok"]["priority"] == 2
     assert by_id["bad"]["status"] == "error" and by_id["bad"]["error_code"] == 550
     assert "User unknown" in by_id["bad"]["error"] and by_id["bad"]["error_ts"] > 0
+    # unix seconds as integers, as the API answers them (docs/api.md, Timestamps)
+    assert type(by_id["ok"]["sent_ts"]) is int and type(by_id["bad"]["error_ts"]) is int
     assert receiver.posts[0].headers["Content-Type"] == "application/json"
 
     async def acknowledged() -> bool:
@@ -76,8 +78,8 @@ async def test_outcomes_are_posted_and_acknowledged(
 async def test_every_failure_is_retried_until_acknowledged(
     make_service: ServiceFactory, sink: SmtpSink, receiver: ReportReceiver, events: EventLog
 ) -> None:
-    """Down, 500, too slow, an HTML 200, ok:false: none acknowledges; then healthy. Every
-    report arrives; repeats only of posts whose answer the proxy never had (the slow one)."""
+    """Down, 500, too slow, ok:false: none acknowledges; then healthy. Every report arrives;
+    repeats only of posts whose answer the proxy never had (the slow one)."""
     ids = [f"m{i}" for i in range(40)]
     await receiver.stop()  # down: connection refused
     service = await reporting_service(
@@ -86,7 +88,7 @@ async def test_every_failure_is_retried_until_acknowledged(
     await service.add_messages([message(i) for i in ids])
     await events.wait("report_failed")
     await receiver.start()
-    for mode in ("error", "slow", "html", "not_ok"):
+    for mode in ("error", "slow", "not_ok"):
         receiver.mode = mode
         seen = len(receiver.posts)
         await receiver.wait(lambda r, seen=seen: len(r.posts) > seen)
@@ -182,6 +184,64 @@ async def test_reply_fields_are_read(receiver: ReportReceiver) -> None:
     receiver.extra = {"queued": 12, "next_sync_after": "soon"}
     assert await reporter.report([]) == ReportReply(acknowledged=True, more_now=True)
     await reporter.close()
+
+
+# What real clients answer: the original's example client, a Genropy application, a bare
+# framework view, a web page. Any 2xx acknowledges unless its JSON says "ok": false.
+ANSWERS_OF_REAL_CLIENTS = [
+    (200, {"status": "ok", "processed": 1}),
+    (200, {"sent": 12, "error": 1, "deferred": 0}),
+    (200, {}),
+    (200, ""),
+    (200, "<html><body>thanks</body></html>"),
+    (200, {"ok": True}),
+    (202, ["a", "list"]),
+    (204, ""),
+]
+
+
+@pytest.mark.parametrize("reply", ANSWERS_OF_REAL_CLIENTS)
+async def test_any_2xx_acknowledges_by_default(reply: tuple[int, Any]) -> None:
+    assert await reporter_answered(reply) == ReportReply(acknowledged=True)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [(200, {"ok": False}), (200, {"ok": False, "queued": 3}), (500, {"ok": True}), (302, "")],
+)
+async def test_ok_false_or_not_2xx_is_a_refusal(reply: tuple[int, Any]) -> None:
+    assert await reporter_answered(reply) == ReportReply(acknowledged=False)
+
+
+@pytest.mark.parametrize(
+    ("reply", "acknowledged"),
+    [
+        ((200, {"ok": True}), True),
+        ((200, {"status": "ok", "processed": 1}), False),
+        ((200, ""), False),
+        ((200, "<html></html>"), False),
+        ((200, {"ok": "yes"}), False),
+    ],
+)
+async def test_the_strict_rule_wants_ok_true(reply: tuple[int, Any], acknowledged: bool) -> None:
+    answer = await reporter_answered(reply, ack="json_ok")
+    assert answer == ReportReply(acknowledged=acknowledged)
+
+
+async def reporter_answered(reply: tuple[int, Any], **settings: Any) -> ReportReply:
+    """What the proxy_sync reporter makes of one answer of a real HTTP endpoint."""
+    from gmp_proxy_sync import ProxySyncReporter, ProxySyncSettings
+
+    from gmp_core.testing import ReportReceiver as Endpoint
+
+    endpoint = await Endpoint().start()
+    endpoint.reply = reply
+    reporter = ProxySyncReporter(ProxySyncSettings(url=endpoint.url, **settings))
+    try:
+        return await reporter.report([])
+    finally:
+        await reporter.close()
+        await endpoint.stop()
 
 
 class FlakyReporter:

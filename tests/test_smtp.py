@@ -107,8 +107,41 @@ async def test_legacy_use_tls_maps_to_tls_modes(service: Service, sink: SmtpSink
         "a465": "ssl",
         "a587": "starttls",
         "plain": "none",
-        "default": "starttls",
+        "default": "opportunistic",
     }
+
+
+async def test_an_account_naming_no_tls_mode_is_ssl_on_465_else_opportunistic(
+    service: Service,
+) -> None:
+    # as the original's setup script creates accounts
+    await service.put_account({"id": "o", "host": "h", "port": 1025, "user": None})
+    await service.put_account({"id": "s", "host": "h", "port": 465})
+    modes = {a.id: str(a.tls) for a in await service.list_accounts()}
+    assert (modes["o"], modes["s"]) == ("opportunistic", "ssl")
+
+
+async def test_opportunistic_encrypts_when_the_server_offers_starttls(
+    service: Service, tls_sink: SmtpSink
+) -> None:
+    # no cert_bundle: the certificate is not trusted, and opportunistic TLS does not ask
+    # (the sink refuses mail before STARTTLS, so arriving proves it was encrypted)
+    await service.put_account(
+        account(tls_sink, tls="opportunistic", user="alice", password="s3cret")
+    )
+    await service.add_messages([message("m1")])
+    await tls_sink.wait_for(1)
+    assert tls_sink.logins == ["alice"]
+
+
+async def test_opportunistic_falls_back_to_plaintext_and_says_so_once(
+    service: Service, sink: SmtpSink, events: EventLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    await service.put_account(account(sink, tls="opportunistic", max_connections=3))
+    await service.add_messages([message(f"m{i}") for i in range(9)])
+    await sink.wait_for(9)
+    warnings = [r.getMessage() for r in caplog.records if "plaintext" in r.getMessage()]
+    assert len(warnings) == 1 and "'acc'" in warnings[0]
 
 
 async def test_connections_are_pooled_and_reused(

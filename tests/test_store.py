@@ -243,9 +243,9 @@ async def test_each_reporter_acknowledges_on_its_own(store: Store) -> None:
         "error_ts": None,
         "error": "later",
         "error_code": 451,
-        "deferred_ts": now + 60,
+        "deferred_ts": int(now + 60),  # unix seconds as integers, as the API answers
     }
-    assert everything[1].as_item()["sent_ts"] == now + 1
+    assert everything[1].as_item()["sent_ts"] == int(now + 1)
 
     await store.acknowledge_reports("finals", [finals[0].event_id], now + 2)
     record, _ = await store.get_message("x") or pytest.fail("missing")

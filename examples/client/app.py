@@ -66,7 +66,9 @@ def create_app(
         payload = await request.get_json(force=True)
         for report in payload["delivery_report"]:
             record(outcomes, report)
-        return {"ok": True}, 200  # only now does the proxy mark these reported
+        # Any 2xx acknowledges (only now does the proxy mark these reported); "ok": false
+        # would refuse them, and "queued"/"next_sync_after" would pace the next post.
+        return {"ok": True}, 200
 
     @app.get("/outcomes")
     async def list_outcomes() -> dict[str, Any]:

@@ -58,6 +58,11 @@ def gmp_register_routes(register: Callable[..., None], service: Service) -> None
     settings: MetricsSettings = service.config.section("metrics")
 
     async def exposition() -> tuple[bytes | str, int, dict[str, str]]:
+        """Prometheus metrics of this process.
+
+        The text exposition format; no token needed unless `[metrics] public = false`.
+        Scrape every process, not a load balancer in front of them (monitoring.md).
+        """
         metrics: Metrics | None = service.state.get("metrics")
         if metrics is None:
             return "metrics are not ready yet\n", 503, {"Content-Type": "text/plain"}

@@ -6,20 +6,23 @@ a Bearer token or Basic credentials, and signed when a secret is configured::
     X-GMP-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + raw body)>
 
 The timestamp inside the signed text lets receivers refuse replays (docs/reports.md has the
-recipe). Only a 2xx answer whose JSON body has ``"ok": true`` acknowledges a batch; anything
-else is a failure the core retries with back-off. Nothing secret is ever logged: the URL is
+recipe). Any 2xx answer acknowledges a batch, as the original did (its clients answer
+``{"status": "ok", "processed": 3}`` or ``{"sent": 12, "error": 1}``), unless its body is JSON
+with ``"ok": false``; ``ack = "json_ok"`` requires ``"ok": true`` instead. Anything else is a
+failure the core retries with back-off. Nothing secret is ever logged: the URL is
 shown without its credentials or query.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -50,8 +53,18 @@ class ProxySyncSettings(Settings):
         "", env="GMP_CLIENT_SYNC_TOKEN", description="Bearer token (wins over user/password)"
     )
     secret: str = setting("", description="HMAC-SHA256 key that signs each body; empty: unsigned")
-    timeout: float = setting(30.0, gt=0, description="seconds for one post, connect to answer")
+    timeout: float = setting(
+        30.0,
+        gt=0,
+        description="seconds one post may take in all: connecting, sending, and reading "
+        "the whole answer",
+    )
     report_deferred: bool = setting(False, description="also report deferrals, not only outcomes")
+    ack: Literal["2xx", "json_ok"] = setting(
+        "2xx",
+        description="what acknowledges a post: '2xx', any 2xx answer unless its JSON says "
+        '"ok": false; \'json_ok\', only a 2xx whose JSON says "ok": true',
+    )
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:
@@ -64,8 +77,10 @@ def sign(secret: str, body: bytes, timestamp: int) -> str:
 class ProxySyncReporter:
     def __init__(self, settings: ProxySyncSettings) -> None:
         self.report_deferred = settings.report_deferred
+        self.ack = settings.ack
         self.url = settings.url
         self.secret = settings.secret
+        self.timeout = settings.timeout
         self.where = _printable(settings.url)
         headers = {"Authorization": f"Bearer {settings.token}"} if settings.token else {}
         auth = httpx.BasicAuth(settings.user, settings.password) if settings.user else None
@@ -83,7 +98,13 @@ class ProxySyncReporter:
         if self.secret:
             headers[SIGNATURE_HEADER] = sign(self.secret, body, int(time.time()))
         try:
-            response = await self._client.post(self.url, content=body, headers=headers)
+            # httpx's timeout bounds each read, not the exchange: an endpoint trickling its
+            # answer a byte at a time would hold the post (and the lease) for ever.
+            async with asyncio.timeout(self.timeout):
+                response = await self._client.post(self.url, content=body, headers=headers)
+        except TimeoutError:
+            log.warning("proxy_sync to %s took longer than %gs", self.where, self.timeout)
+            return ReportReply(acknowledged=False)
         except httpx.HTTPError as exc:
             log.warning("proxy_sync to %s failed: %s", self.where, type(exc).__name__)
             return ReportReply(acknowledged=False)
@@ -93,15 +114,14 @@ class ProxySyncReporter:
         if not response.is_success:
             log.warning("proxy_sync to %s answered %d", self.where, response.status_code)
             return ReportReply(acknowledged=False)
-        try:
-            answer: Any = response.json()
-        except ValueError:
+        answer = _json_object(response)
+        refused = answer.get("ok") is False
+        if refused or (self.ack == "json_ok" and answer.get("ok") is not True):
             log.warning(
-                "proxy_sync to %s answered %d without JSON", self.where, response.status_code
+                "proxy_sync to %s did not acknowledge (%s)",
+                self.where,
+                '"ok": false' if refused else 'no "ok": true',
             )
-            return ReportReply(acknowledged=False)
-        if not isinstance(answer, dict) or answer.get("ok") is not True:
-            log.warning('proxy_sync to %s did not acknowledge (no "ok": true)', self.where)
             return ReportReply(acknowledged=False)
         return ReportReply(
             acknowledged=True,
@@ -111,6 +131,15 @@ class ProxySyncReporter:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    """The answer's JSON object; an empty, HTML or other body counts as ``{}``."""
+    try:
+        answer = response.json()
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
 
 
 def _unix_seconds(value: Any) -> float | None:

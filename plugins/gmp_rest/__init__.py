@@ -47,6 +47,11 @@ class RestSettings(Settings):
     ready_timeout: float = setting(
         2.0, gt=0, description="GET /ready fails when the store takes longer to answer (seconds)"
     )
+    docs_public: bool = setting(
+        True,
+        description="/docs, /redoc and /openapi.json open to all (false: they need the token "
+        "too); every call made from the pages needs the token either way",
+    )
 
 
 @hookimpl

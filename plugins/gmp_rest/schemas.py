@@ -7,9 +7,9 @@ The strict models (``MessageIn``, ``AccountIn``) are used for the OpenAPI descri
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from gmp_core.intake import MAX_INT, AccountIn, MessageIn
 
@@ -58,9 +58,9 @@ AccountRequest = AccountIn
 
 
 class ListMessagesQuery(BaseModel):
-    status: Status | None = None
-    account_id: str | None = None
-    limit: int = Field(100, ge=1, le=1000)
+    status: Status | None = Field(None, description="only messages in this state")
+    account_id: str | None = Field(None, description="only this account's messages")
+    limit: int = Field(100, ge=1, le=1000, description="most messages in the page")
     cursor: int | None = Field(
         None, ge=0, le=MAX_INT, description="next_cursor of the previous page"
     )
@@ -73,24 +73,64 @@ class DeleteAccountQuery(BaseModel):
 
 
 # ---------------------------------------------------------------- answers (documented)
+#
+# Timestamps: every ``*_ts`` field, event ``ts``, ``started_at`` and the heartbeats are unix
+# seconds as integers (rounded down), as the original's ``_ts`` columns were; ``created_at``
+# and ``updated_at`` are ISO 8601 text in UTC (the original's were text too).
+
+UnixSeconds = int
+IsoTime = Annotated[str, Field(description="ISO 8601, UTC: 2025-01-31T12:00:00Z")]
 
 
 class Ok(BaseModel):
-    ok: bool = True
+    ok: Literal[True]
 
 
 class Failure(BaseModel):
-    ok: bool = False
+    """Every failure: ``ok`` false and a sentence naming the problem."""
+
+    ok: Literal[False]
     error: str
 
 
+class HealthAnswer(Ok):
+    status: Literal["ok"] = Field(description='the original service\'s body was {"status": "ok"}')
+
+
+class HealthFailure(Failure):
+    """A background loop has died (or, for /ready, the store does not answer)."""
+
+    status: Literal["error"]
+
+
+class QueueCounts(BaseModel):
+    queued: int
+    scheduled: int
+    sending: int
+    sent: int
+    error: int
+
+
+class Heartbeats(BaseModel):
+    dispatcher: UnixSeconds = Field(description="when the claim loop last turned (0: not yet)")
+    recorder: UnixSeconds = Field(description="when outcomes were last written (0: not yet)")
+
+
+class ReporterStatus(BaseModel):
+    heartbeat: UnixSeconds = Field(description="when its loop last turned (0: not yet)")
+    leading: bool = Field(description="this process posts this reporter's reports (its lease)")
+    failures: int = Field(description="failed posts in a row")
+    last_acknowledged: UnixSeconds | None = Field(description="last batch the client took")
+
+
 class StatusAnswer(Ok):
-    active: bool
-    queue: dict[str, int]
-    in_hand: int
-    heartbeats: dict[str, float]
-    started_at: float | None
-    worker: str
+    active: bool = Field(description="sending is not suspended")
+    queue: QueueCounts = Field(description="messages per state, in the whole store")
+    in_hand: int = Field(description="messages this process has claimed and not finished")
+    heartbeats: Heartbeats
+    reporters: dict[str, ReporterStatus] = Field(description="each enabled reporter, by name")
+    started_at: UnixSeconds | None
+    worker: str = Field(description="this process, as its claims name it")
 
 
 class RejectionOut(BaseModel):
@@ -98,9 +138,40 @@ class RejectionOut(BaseModel):
     reason: str
 
 
+class WarningOut(BaseModel):
+    id: str | None = Field(description="the message's id")
+    field: str = Field(description="the field the proxy did not use")
+    warning: str = Field(description="unknown field ignored")
+
+
 class AddMessagesAnswer(Ok):
+    """At least one message was queued, or every one was already there (a retry)."""
+
     queued: int
     rejected: list[RejectionOut]
+    warnings: list[WarningOut] = Field(description="fields ignored, per message; empty when none")
+
+
+class AllRejectedDetail(BaseModel):
+    error: Literal["all messages rejected"]
+    rejected: list[RejectionOut]
+
+
+class AllRejected(Failure):
+    """Every message of the call was rejected for its content, as the original answered.
+
+    ``detail`` repeats the rejections in the original's body shape."""
+
+    error: Literal["all messages rejected"]
+    queued: Literal[0]
+    rejected: list[RejectionOut]
+    warnings: list[WarningOut]
+    detail: AllRejectedDetail
+
+
+class AddMessagesFailure(RootModel[AllRejected | Failure]):
+    """400: every message rejected (``all messages rejected``), or the call itself unusable
+    (``invalid JSON body: ...``, ``messages must be a list``, ``Cannot enqueue more than ...``)."""
 
 
 class ActiveAnswer(Ok):
@@ -115,7 +186,7 @@ class SkippedOut(BaseModel):
 class DeleteMessagesAnswer(Ok):
     removed: int
     not_found: list[str]
-    skipped: list[SkippedOut]
+    skipped: list[SkippedOut] = Field(description="being sent right now: not deleted")
 
 
 class CleanupAnswer(Ok):
@@ -127,19 +198,19 @@ class MessageOut(BaseModel):
     account_id: str
     priority: int
     status: Status
-    deferred_ts: int | None
-    sent_ts: int | None
-    error_ts: int | None
+    deferred_ts: UnixSeconds | None
+    sent_ts: UnixSeconds | None
+    error_ts: UnixSeconds | None
     error: str | None
-    reported_ts: int | None
-    attempts: int
-    created_at: str = Field(description="ISO 8601, UTC")
-    updated_at: str = Field(description="ISO 8601, UTC")
+    reported_ts: UnixSeconds | None
+    attempts: int = Field(description="failed attempts so far")
+    created_at: IsoTime
+    updated_at: IsoTime
 
 
 class MessagesAnswer(Ok):
     messages: list[MessageOut]
-    next_cursor: int | None
+    next_cursor: int | None = Field(description="pass back as cursor; null: last page")
 
 
 class AttachmentOut(BaseModel):
@@ -167,7 +238,7 @@ class MessageDetail(MessageOut):
 
 class EventOut(BaseModel):
     kind: str
-    ts: float
+    ts: UnixSeconds
     code: int | None
     detail: str
     data: dict[str, Any]
@@ -175,7 +246,7 @@ class EventOut(BaseModel):
 
 class MessageAnswer(Ok):
     message: MessageDetail
-    events: list[EventOut]
+    events: list[EventOut] = Field(description="the message's history, oldest first")
 
 
 class AccountOut(BaseModel):
@@ -193,8 +264,8 @@ class AccountOut(BaseModel):
     max_connections: int
     ttl: float
     transport: str
-    created_at: float | None
-    updated_at: float | None
+    created_at: IsoTime | None
+    updated_at: IsoTime | None
 
 
 class AccountsAnswer(Ok):
@@ -212,7 +283,9 @@ class VolumeRequest(BaseModel):
 
 
 class VolumeQuery(BaseModel):
-    account_id: str | None = None
+    account_id: str | None = Field(
+        None, description="the account's own volume (none: the global one, or every one)"
+    )
 
 
 class VolumeOut(BaseModel):
@@ -221,8 +294,8 @@ class VolumeOut(BaseModel):
     config: dict[str, Any] = Field(description="credentials redacted as '***'")
     account_id: str | None
     source: Literal["config", "api"] = Field(description="plugins.toml or POST /volume")
-    created_at: float | None
-    updated_at: float | None
+    created_at: IsoTime | None
+    updated_at: IsoTime | None
 
 
 class VolumeSetAnswer(Ok):

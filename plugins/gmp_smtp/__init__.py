@@ -141,6 +141,8 @@ class SmtpTransport:
             )
             if self._reaper is None:
                 self._reaper = asyncio.create_task(self._reap(), name="gmp-smtp-reaper")
+        if _endpoint(account) != _endpoint(pool.account):
+            pool.retire()  # changed here or by another process sharing the store
         pool.account = account  # the newest settings object (limits, ttl) of the same account
         return pool
 
@@ -151,10 +153,12 @@ class SmtpTransport:
                 pool.reap()
 
     async def forget_account(self, account_id: str) -> None:
-        """Host, credentials or TLS may have changed: the next send opens new connections."""
-        pool = self._pools.pop(account_id, None)
+        """Host, credentials or TLS may have changed, or the account is gone: its connections
+        are closed (busy ones when their send ends). The pool stays, so that they count
+        against ``max_connections`` until they are closed."""
+        pool = self._pools.get(account_id)
         if pool is not None:
-            await pool.close()
+            pool.retire()
 
     async def close(self) -> None:
         if self._reaper is not None:
@@ -163,6 +167,11 @@ class SmtpTransport:
                 await self._reaper
         pools, self._pools = list(self._pools.values()), {}
         await asyncio.gather(*(pool.close() for pool in pools))
+
+
+def _endpoint(account: Account) -> tuple[object, ...]:
+    """What a connection was opened with: when any of it changes, the connection is stale."""
+    return (account.host, account.port, account.user, account.password, account.tls)
 
 
 def _path(prefix: bytes, address: str) -> bytes:

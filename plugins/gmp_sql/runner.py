@@ -14,7 +14,9 @@ runner whole:
   tasks run concurrently.
 
 Either way an operation, once started, finishes even if the awaiting task is cancelled: a
-transaction is never abandoned half-way.
+transaction is never abandoned half-way. An operation that fails for lack of space raises
+:class:`gmp_core.StoreCannotWrite` (``errors.py``), and the store remembers it until a write
+succeeds again.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import peewee as pw
+
+from gmp_core import StoreCannotWrite
+from gmp_sql.errors import cannot_write
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -72,6 +77,7 @@ class GreenletRunner:
 
 class _HasRunner(Protocol):
     runner: Runner
+    write_failure: str | None  # why the last write failed for lack of space, until one works
 
 
 S = TypeVar("S", bound=_HasRunner)
@@ -84,6 +90,13 @@ def on_db_thread(
 
     @functools.wraps(method)
     async def run(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self.runner.run(functools.partial(method, self, *args, **kwargs))
+        try:
+            return await self.runner.run(functools.partial(method, self, *args, **kwargs))
+        except Exception as exc:
+            reason = cannot_write(exc)
+            if reason is None:
+                raise
+            self.write_failure = reason
+            raise StoreCannotWrite(reason) from exc
 
     return run

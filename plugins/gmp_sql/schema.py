@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 import peewee as pw
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # What turns a database of version N-1 into version N, beyond the tables and indexes that
 # ``create_tables(safe=True)`` adds by itself. Statements must suit SQLite and PostgreSQL.
 # 2: the report queue and the volumes (new tables only).
 # 3: leases (a new table only).
-MIGRATIONS: dict[int, tuple[str, ...]] = {2: (), 3: ()}
+# 4: captured mail, kept for the sandbox transport (a new table only).
+MIGRATIONS: dict[int, tuple[str, ...]] = {2: (), 3: (), 4: ()}
 
 
 class _Table(pw.Model):
@@ -142,6 +143,30 @@ class _VolumeRow(_Table):
         primary_key = pw.CompositeKey("name", "owner")
 
 
+class _BytesField(pw.Field):
+    """Bytes as they are: BLOB on SQLite, BYTEA on PostgreSQL. (peewee's BlobField wraps
+    values in the psycopg2 driver's Binary type, which asyncpg has no use for.)"""
+
+    field_type = "BLOB"
+
+
+class _CaptureRow(_Table):
+    """A message a transport captured instead of delivering it (the sandbox), with its
+    envelope and bytes (``captures.py``). ``data`` comes last: listings, which leave it out,
+    then never read its overflow pages on SQLite."""
+
+    pk = pw.AutoField()  # the capture's id
+    account_id = pw.TextField()
+    gmp_id = pw.TextField()  # the client's message id
+    mail_from = pw.TextField()
+    rcpt_to = pw.TextField()  # JSON list
+    subject = pw.TextField()
+    date = pw.TextField()
+    size = pw.IntegerField()
+    captured_at = pw.DoubleField()
+    data = _BytesField()
+
+
 class _SchemaRow(_Table):
     version = pw.IntegerField(primary_key=True)
 
@@ -159,6 +184,7 @@ class Schema:
     ReportQueue: type[_ReportQueueRow]
     Version: type[_SchemaRow]
     Volume: type[_VolumeRow]
+    Capture: type[_CaptureRow]
 
     @property
     def models(self) -> list[type[pw.Model]]:
@@ -174,6 +200,7 @@ class Schema:
             self.ReportQueue,
             self.Version,
             self.Volume,
+            self.Capture,
         ]
 
 
@@ -194,6 +221,7 @@ def bind_schema(db: pw.Database) -> Schema:
         ReportQueue=model(_ReportQueueRow, "report_queue"),
         Version=model(_SchemaRow, "gmp_schema"),
         Volume=model(_VolumeRow, "volumes"),
+        Capture=model(_CaptureRow, "captures"),
     )
     m = schema.Message
     m.add_index(m.index(m.priority, m.pk, where=m.state == "queued", name="ix_messages_queued"))
@@ -209,4 +237,8 @@ def bind_schema(db: pw.Database) -> Schema:
     q.add_index(q.index(q.message_id, name="ix_report_queue_message"))
     s = schema.SendSlot
     s.add_index(s.index(s.account_id, s.ts, name="ix_send_slots"))
+    c = schema.Capture
+    c.add_index(c.index(c.account_id, c.pk, name="ix_captures_account"))
+    c.add_index(c.index(c.gmp_id, name="ix_captures_gmp_id"))
+    c.add_index(c.index(c.captured_at, name="ix_captures_time"))
     return schema

@@ -40,6 +40,7 @@ from gmp_core import (
     TlsMode,
     VolumeRecord,
 )
+from gmp_sql.captures import CaptureMethods
 from gmp_sql.listen import Listener
 from gmp_sql.runner import DatabaseThread, Runner, on_db_thread
 from gmp_sql.schema import MIGRATIONS, SCHEMA_VERSION, Schema, bind_schema
@@ -154,8 +155,9 @@ WHERE q.reporter = ? ORDER BY q.event_pk LIMIT ?
 """
 
 
-class SqlStore:
-    """A :class:`gmp_core.Store` on a peewee database (SQLite or PostgreSQL)."""
+class SqlStore(CaptureMethods):
+    """A :class:`gmp_core.Store` on a peewee database (SQLite or PostgreSQL), which also
+    keeps captured mail (:class:`gmp_core.CaptureStore`, in ``captures.py``)."""
 
     def __init__(
         self,
@@ -177,6 +179,7 @@ class SqlStore:
         self._promote_sql = _PROMOTE_SQL.format(skip_locked=skip_locked)
         self._last_slot_prune = 0.0
         self._reporters: dict[str, bool] = {}  # name -> also wants deferrals
+        self.write_failure: str | None = None  # set by on_db_thread, cleared by ping
 
     # ------------------------------------------------------------------ plumbing
 
@@ -334,8 +337,16 @@ class SqlStore:
             await self._listener.close()
         await self.runner.close()
 
+    async def ping(self) -> None:
+        """Reach the database; after a write failed for lack of space, write (a flag) until
+        that works again: readiness stays down meanwhile."""
+        await self._select_one()
+        if self.write_failure is not None:
+            await self.set_flag("write_probe", repr(time.time()))  # raises while still full
+            self.write_failure = None
+
     @on_db_thread
-    def ping(self) -> None:
+    def _select_one(self) -> None:
         self._sql("SELECT 1")
 
     # ------------------------------------------------------------------ intake

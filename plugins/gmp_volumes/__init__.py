@@ -1,9 +1,11 @@
 """Bundled plugin: attachments from storage volumes.
 
 An attachment's ``storage_path`` is ``volume:subpath``. ``base64:<data>`` is built in; other
-volumes are named mounts of a backend (``local``, ``memory``, ``s3`` through genro-storage;
-``http`` and ``webdav`` through httpx behind an address guard), defined in ``plugins.toml``
-or over the REST API (``POST /volume``). See docs/volumes.md.
+volumes are named mounts of a backend (``local``, ``memory`` through genro-storage; ``s3``
+through s3fs; ``http`` and ``webdav`` through httpx), defined in ``plugins.toml`` or over the
+REST API (``POST /volume``). Every connection of a network volume set over the API, and of
+every http and webdav one, goes through the address guard (``guard.py``). See
+docs/volumes.md.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pydantic import BaseModel, field_validator
 from gmp_core import Service, Settings, VolumeBackend, hookimpl, setting
 from gmp_volumes.definitions import Network, VolumeDefinition, expand_environment
 from gmp_volumes.registry import VolumeRegistry
+from gmp_volumes.resolver import parse_nameserver
 from gmp_volumes.sources import Base64Volume
 
 __all__ = ["VolumeDefinition", "VolumeRegistry", "VolumesSettings", "registry_of"]
@@ -44,6 +47,11 @@ class VolumesSettings(Settings):
         description="non-public networks volumes set over the API may reach (allow-list "
         "in their allow_networks, or as an S3 endpoint)",
     )
+    nameservers: list[str] = setting(
+        [],
+        description="DNS servers (address, or address:port) that the volumes' address guard "
+        "asks instead of the system's resolver; empty: the system's",
+    )
     refresh_seconds: float = setting(
         2.0,
         description="how often volumes that other processes sharing the database set or "
@@ -55,6 +63,13 @@ class VolumesSettings(Settings):
         description="volumes defined here: [[volumes.mounts]] tables with name, backend, "
         "config and account_id; ${ENV_VAR} in config values reads the environment",
     )
+
+    @field_validator("nameservers")
+    @classmethod
+    def _nameservers(cls, servers: list[str]) -> list[str]:
+        for server in servers:
+            parse_nameserver(server)  # a ValueError names what is wrong
+        return servers
 
     @field_validator("mounts")
     @classmethod

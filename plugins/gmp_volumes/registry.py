@@ -21,8 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from gmp_core import AttachmentError, ConfigError, InvalidInput, Service, VolumeRecord
 from gmp_volumes.definitions import VolumeDefinition, describe
-from gmp_volumes.install import pip_install
+from gmp_volumes.guard import AddressGuard
+from gmp_volumes.install import MissingLibrary
 from gmp_volumes.policy import check_api_definition
+from gmp_volumes.resolver import Resolver
+from gmp_volumes.s3 import S3Source
 from gmp_volumes.sources import Source, StorageSource
 from gmp_volumes.web import WebSource
 
@@ -81,6 +84,7 @@ class VolumeRegistry:
         self.service = service
         self.settings = settings
         self.reuse = RecentReads(settings.reuse_seconds, settings.reuse_max_bytes)
+        self.resolver = Resolver(settings.nameservers)
         self._mounted: dict[Key, Mounted] = {}
         self._changing = asyncio.Lock()
         self._following: asyncio.Task[None] | None = None
@@ -88,7 +92,7 @@ class VolumeRegistry:
 
     @cached_property
     def storage(self) -> StorageManager:
-        """genro-storage, imported when the first local, memory or s3 volume is mounted: it
+        """genro-storage, imported when the first local or memory volume is mounted: it
         brings fsspec and more (5 MB resident) that base64 and http volumes never use."""
         from genro_storage import StorageManager
 
@@ -145,7 +149,7 @@ class VolumeRegistry:
         for definition in self.settings.mounts:
             key = (definition.name, definition.account_id)
             try:
-                source = self._mount(definition)
+                source = self._mount(definition, from_api=False)
             except Exception as exc:
                 raise ConfigError(f"[volumes] volume {definition.name!r}: {_reason(exc)}") from None
             self._mounted[key] = Mounted(definition, source, from_file=True)
@@ -185,8 +189,8 @@ class VolumeRegistry:
             if blocked:
                 raise InvalidInput(f"{blocked}; the one kept in the store is not mounted")
             definition = _definition(record)
-            await self._check_reach(definition)  # the operator may have narrowed it
-            return self._mount(definition)
+            await self._check_reach(definition, look_up=False)  # the operator may have narrowed it
+            return self._mount(definition, from_api=True)
         except Exception as exc:
             if complaint not in self._complained:  # once, not at every refresh
                 self._complained.add(complaint)
@@ -212,10 +216,16 @@ class VolumeRegistry:
                     log.warning("reading the volumes from the store works again")
                 failing = False
 
-    async def _check_reach(self, definition: VolumeDefinition) -> None:
+    async def _check_reach(self, definition: VolumeDefinition, *, look_up: bool) -> None:
+        """Refuse what reaches further than the operator allows; ``look_up``: the host's
+        addresses too (when set; at start-up a DNS outage must not unmount volumes, and
+        every connection is checked anyway)."""
         settings = self.settings
         await check_api_definition(
-            definition, settings.api_local_roots, settings.api_allow_networks
+            definition,
+            settings.api_local_roots,
+            settings.api_allow_networks,
+            self.resolver if look_up else None,
         )
 
     def _blocked(self, name: str, account_id: str | None) -> str | None:
@@ -237,10 +247,10 @@ class VolumeRegistry:
             blocked = self._blocked(definition.name, definition.account_id)
             if blocked:
                 raise InvalidInput(blocked)
-            await self._check_reach(definition)
+            await self._check_reach(definition, look_up=True)
             current = self._mounted.get(key)
             try:
-                source = self._mount(definition)
+                source = self._mount(definition, from_api=True)
             except Exception as exc:
                 raise InvalidInput(f"volume {definition.name!r}: {_reason(exc)}") from None
             now = time.time()
@@ -302,27 +312,27 @@ class VolumeRegistry:
             self.service.volumes.pop(key[0], None)
         return mounted
 
-    def _mount(self, definition: VolumeDefinition) -> Source:
+    def _mount(self, definition: VolumeDefinition, *, from_api: bool) -> Source:
+        """The source of a definition. Network backends of volumes set over the API connect
+        only through the address guard; http and webdav ones always do."""
         config = definition.backend_config()
         backend = definition.backend
         if backend in ("http", "webdav"):
             url = config.base_url if backend == "http" else config.url
-            return WebSource(url, config)
+            return WebSource(url, config, AddressGuard(config.allow_networks, self.resolver))
+        if backend == "s3":
+            networks = self.settings.api_allow_networks
+            return S3Source(config, AddressGuard(networks, self.resolver) if from_api else None)
         if backend == "local":
             mount: dict[str, Any] = {"protocol": "local", "base_path": config.base_path}
         elif backend == "memory":
             # fsspec has one memory filesystem per process: give each volume its own corner
             owner = definition.account_id or "-"
             mount = {"protocol": "memory", "base_path": f"/gmp/{owner}/{definition.name}"}
-        else:
-            mount = _s3_mount(config)
         try:
             return StorageSource(self.storage, mount)
-        except ImportError as exc:  # s3fs, or genro-storage itself, uninstalled since
-            raise RuntimeError(
-                f"the {backend} backend's library is missing ({exc}): run "
-                f"{pip_install('genro-storage')}"
-            ) from None
+        except ImportError as exc:  # genro-storage (or fsspec) uninstalled since
+            raise MissingLibrary(backend, exc, "genro-storage") from None
 
 
 class RecentReads:
@@ -398,19 +408,6 @@ def _definition(record: VolumeRecord) -> VolumeDefinition:
         config=record.config,
         account_id=record.account_id,
     )
-
-
-def _s3_mount(config: Any) -> dict[str, Any]:
-    mount: dict[str, Any] = {"protocol": "s3", "bucket": config.bucket, "anon": config.anon}
-    optional = {
-        "base_path": config.base_path,
-        "region": config.region,
-        "endpoint_url": config.endpoint_url,
-        "access_key": config.access_key,
-        "secret_key": config.secret_key,
-    }
-    mount.update({key: value for key, value in optional.items() if value})
-    return mount
 
 
 def _reason(exc: Exception) -> str:

@@ -1,5 +1,6 @@
 """Where attachment bytes come from: inline base64, and genro-storage mounts (local
-directories, memory, S3). HTTP and WebDAV, which need an address guard, are in ``web.py``.
+directories, memory). HTTP and WebDAV are in ``web.py``, S3 in ``s3.py``: those connect
+through the address guard (``guard.py``).
 
 Every source reads at most ``limit`` bytes and says why it could not: an
 :class:`~gmp_core.AttachmentError` that is ``temporary`` (retried with back-off) when the

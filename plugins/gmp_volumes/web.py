@@ -1,27 +1,27 @@
 """HTTP and WebDAV volumes: a GET under the volume's URL, guarded against server-side
-request forgery.
+request forgery (``guard.py``).
 
-The guard resolves the host name itself, refuses private, loopback, link-local, cloud
-metadata and other non-public addresses unless the volume allow-lists them, and then
-connects to the very address it checked (the URL's host is replaced by the address, with
-``Host`` and the TLS server name kept), so a DNS answer that changes between the check and
-the connection cannot slip through. Redirects are followed by hand, each hop checked the
-same way. genro-storage's HTTP and WebDAV mounts offer no place for such a check, so these
-two backends use httpx directly; reading a WebDAV file is a plain GET.
+Each request resolves the host through the guard, which refuses private, loopback,
+link-local, cloud metadata and other non-public addresses unless the volume allow-lists
+them, and then connects to the very address it checked (the URL's host is replaced by the
+address, with ``Host`` and the TLS server name kept), so a DNS answer that changes between
+the check and the connection cannot slip through. Redirects are followed by hand, each hop
+checked the same way. genro-storage's HTTP and WebDAV mounts offer no place for such a
+check, so these two backends use httpx directly; reading a WebDAV file is a plain GET.
+
+``verify_ssl = false`` (the original's key, plugins.toml only) turns off the certificate
+check and nothing else: the connection still goes to an address the guard checked.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
 import ssl
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
 from gmp_core import AttachmentError
-from gmp_volumes.definitions import Network
+from gmp_volumes.guard import Address, AddressGuard
 from gmp_volumes.install import pip_install
 from gmp_volumes.sources import check_subpath, forbidden, not_found, too_large, unreachable
 
@@ -30,63 +30,19 @@ try:
 except ImportError:  # pragma: no cover - depends on the installation
     httpx = None  # type: ignore[assignment]
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
 MAX_REDIRECTS = 5
 REDIRECTS = (301, 302, 303, 307, 308)
 TEMPORARY_STATUSES = (408, 425, 429, 500, 502, 503, 504)
 
 
-NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # IPv6 addresses of IPv4 hosts behind NAT64
-
-
-def is_public(address: Address) -> bool:
-    """True for addresses on the public internet. Private, loopback, link-local (where cloud
-    metadata services live, 169.254.169.254), shared, multicast, reserved and unspecified
-    addresses are not; nor are IPv6 addresses that carry such an IPv4 address (mapped,
-    6to4, NAT64)."""
-    if isinstance(address, ipaddress.IPv6Address):
-        embedded = address.ipv4_mapped or address.sixtofour
-        if address in NAT64:
-            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-        if embedded is not None and not is_public(embedded):
-            return False
-    return address.is_global and not address.is_multicast
-
-
-class AddressGuard:
-    def __init__(self, allow: Sequence[Network] = ()) -> None:
-        self.allow = list(allow)
-
-    def permits(self, address: Address) -> bool:
-        return is_public(address) or any(address in network for network in self.allow)
-
-    async def resolve(self, host: str, port: int) -> list[Address]:
-        """The addresses to connect to: every address the name resolves to must be permitted
-        (one bad answer is enough to refuse: we cannot tell which one a client would use)."""
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, port, type=socket.SOCK_STREAM
-            )
-        except socket.gaierror as exc:
-            raise unreachable(f"cannot resolve {host}: {exc.strerror}") from None
-        addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
-        if not addresses:
-            raise unreachable(f"cannot resolve {host}")
-        refused = [a for a in addresses if not self.permits(a)]
-        if refused:
-            raise forbidden(f"{host} resolves to a non-public address ({refused[0]})")
-        return list(dict.fromkeys(addresses))
-
-
 class WebSource:
     """Reads ``<base URL>/<subpath>`` with a GET, through the address guard."""
 
-    def __init__(self, base_url: str, config: Any) -> None:
+    def __init__(self, base_url: str, config: Any, guard: AddressGuard) -> None:
         if httpx is None:
             raise RuntimeError(f"HTTP and WebDAV volumes need httpx: {pip_install('httpx')}")
         self.base_url = base_url.rstrip("/") + "/"
-        self.guard = AddressGuard(config.allow_networks)
+        self.guard = guard
         self.auth: tuple[str, str] | None = None
         self.headers: dict[str, str] = {}
         if config.token:
@@ -129,8 +85,7 @@ class WebSource:
         """The body, or where a redirect points."""
         if url.scheme not in ("http", "https") or not url.host:
             raise forbidden(f"redirect to a {url.scheme or 'relative'} URL")
-        port = url.port or (443 if url.scheme == "https" else 80)
-        addresses = await self.guard.resolve(url.host, port)
+        addresses = await self.guard.resolve(url.host)
         try:
             response = await self._send_pinned(url, addresses)
         except httpx.TransportError as exc:

@@ -20,7 +20,7 @@ from tests.rest.rest_support import TOKEN, ServiceFactory, account, base_url, me
 async def test_health_needs_no_token(anonymous: httpx.AsyncClient) -> None:
     response = await anonymous.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"ok": True}
+    assert response.json() == {"ok": True, "status": "ok"}  # the original's body was status: ok
 
 
 async def test_health_is_503_when_a_loop_died(suspended: httpx.AsyncClient) -> None:
@@ -31,6 +31,7 @@ async def test_health_is_503_when_a_loop_died(suspended: httpx.AsyncClient) -> N
     assert response.status_code == 503
     body = response.json()
     assert body["ok"] is False and "gmp-claim-loop" in body["error"]
+    assert body["status"] == "error"
 
 
 @pytest.mark.parametrize("headers", [{}, {"X-API-Token": "wrong"}, {"X-API-Token": ""}])
@@ -98,8 +99,6 @@ async def test_openapi_lists_the_paths_without_a_token(anonymous: httpx.AsyncCli
     assert "MessageIn" in json.dumps(add["requestBody"])
     assert spec["paths"]["/health"]["get"]["security"] == []
     assert spec["components"]["securitySchemes"]["token"]["name"] == "X-API-Token"
-    # no UI pulling JavaScript from a CDN
-    assert (await anonymous.get("/docs")).status_code in (401, 404)
 
 
 # ---------------------------------------------------------------- add-messages
@@ -110,7 +109,7 @@ async def test_add_messages_queues(suspended: httpx.AsyncClient) -> None:
         "/commands/add-messages", json={"messages": [message("m1"), message("m2", priority="high")]}
     )
     assert response.status_code == 200
-    assert response.json() == {"ok": True, "queued": 2, "rejected": []}
+    assert response.json() == {"ok": True, "queued": 2, "rejected": [], "warnings": []}
     counts = (await suspended.get("/status")).json()["queue"]
     assert counts["queued"] == 2
 
@@ -180,9 +179,14 @@ async def test_too_many_messages_is_400(suspended: httpx.AsyncClient) -> None:
     messages = [message(f"m{i}") for i in range(1001)]
     response = await suspended.post("/commands/add-messages", json={"messages": messages})
     assert response.status_code == 400
+    error = "Cannot enqueue more than 1000 messages at once"
     assert response.json() == {
         "ok": False,
-        "error": "Cannot enqueue more than 1000 messages at once",
+        "error": error,
+        "queued": 0,
+        "rejected": [],
+        "warnings": [],
+        "detail": {"error": error, "rejected": []},
     }
     assert (await suspended.get("/messages")).json()["messages"] == []
 
@@ -222,7 +226,7 @@ async def test_json_without_content_type_is_accepted(suspended: httpx.AsyncClien
     response = await suspended.post(
         "/commands/add-messages", content=json.dumps({"messages": [message("m1")]})
     )
-    assert response.json() == {"ok": True, "queued": 1, "rejected": []}
+    assert response.json() == {"ok": True, "queued": 1, "rejected": [], "warnings": []}
 
 
 @pytest.mark.parametrize(
@@ -266,7 +270,7 @@ async def test_body_over_the_limit_is_413(small_limit: Service) -> None:
             "error": "request body too large (limit 2048 bytes)",
         }
         small = await http.post("/commands/add-messages", json={"messages": []})
-        assert small.json() == {"ok": True, "queued": 0, "rejected": []}
+        assert small.json() == {"ok": True, "queued": 0, "rejected": [], "warnings": []}
 
 
 async def test_chunked_body_over_the_limit_is_413(small_limit: Service) -> None:
@@ -422,7 +426,7 @@ async def test_get_message_with_events(suspended: httpx.AsyncClient) -> None:
     assert attachment["storage_path"].startswith("mem:reports/a.txt")
     assert "SECRET" not in response.text
     [event] = body["events"]
-    assert event["kind"] == "queued" and isinstance(event["ts"], float)
+    assert event["kind"] == "queued" and isinstance(event["ts"], int)
     assert set(event) == {"kind", "ts", "code", "detail", "data"}
 
 

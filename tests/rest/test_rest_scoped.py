@@ -56,6 +56,7 @@ async def test_queues_only_for_its_accounts(shop: httpx.AsyncClient) -> None:
         "ok": True,
         "queued": 1,
         "rejected": [{"id": "o2", "reason": "account_id: not allowed for this caller"}],
+        "warnings": [],
     }
 
 

@@ -67,7 +67,7 @@ async def test_a_volume_added_over_the_api_is_used_without_restart(
         queued = await http.post(
             "/commands/add-messages", json={"messages": [with_attachment("m1", "docs:a.txt")]}
         )
-        assert queued.json() == {"ok": True, "queued": 1, "rejected": []}
+        assert queued.json() == {"ok": True, "queued": 1, "rejected": [], "warnings": []}
     await events.wait("sent", "m1")
     assert attachments_of(sink.mails[0]) == [("a.txt", "text/plain", b"attached bytes")]
 
@@ -101,7 +101,7 @@ async def test_processes_sharing_the_database_follow_each_others_volumes(
     once deleted."""
     settings = {**may_read(root), "refresh_seconds": 0.05}
     here, elsewhere = [await start_service(volumes=settings) for _ in range(2)]
-    accepted = {"ok": True, "queued": 1, "rejected": []}
+    accepted = {"ok": True, "queued": 1, "rejected": [], "warnings": []}
 
     async def added_elsewhere(id: str) -> dict[str, Any]:
         async with client_of(elsewhere) as http:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gmp_volumes.web import is_public
+from gmp_volumes.guard import is_public
 
 from gmp_core import Service
 from gmp_core.testing import SmtpSink
@@ -61,6 +61,11 @@ def with_file(id: str, path: str, filename: str = "file.bin") -> dict[str, Any]:
         ("64:ff9b::5db8:d70e", True),  # a public IPv4 host through NAT64
         ("0.0.0.0", False),
         ("224.0.0.1", False),
+        ("::7f00:1", False),  # IPv4-compatible loopback
+        ("::ffff:0:7f00:1", False),  # IPv4-translated loopback
+        ("64:ff9b:1::7f00:1", False),  # local-use NAT64
+        ("fec0::1", False),  # site-local
+        ("::ffff:93.184.215.14", True),  # a public IPv4 host, mapped
     ],
 )
 def test_only_public_addresses_are_public(address: str, public: bool) -> None:
@@ -184,6 +189,21 @@ async def test_a_hanging_server_is_a_temporary_failure(
     web.hanging.clear()  # the server recovers: the retry delivers
     await events.wait("sent", "m1")
     assert attachments_of(sink.mails[0])[0][2] == b"finally"
+
+
+async def test_a_trickling_server_is_cut_at_the_fetch_deadline(
+    make_service: ServiceFactory, sink: SmtpSink, events: EventLog, web: FileServer
+) -> None:
+    """Headers at once, then a byte every 0.2 s: no single read ever waits long, the whole
+    read does. ``fetch_timeout`` bounds all of it, the body included."""
+    web.files["/drip.txt"] = b"x" * 100
+    web.trickling.add("/drip.txt")
+    volume = http_volume(web.url, LOOPBACK)
+    service = await start(make_service, sink, volume, fetch_timeout=0.5)
+    await service.add_messages([with_file("m1", "drip.txt")])
+    [deferred, *_] = await events.wait("deferred", "m1")
+    assert deferred.detail == "attachment 'file.bin': source timed out after 0.5s"
+    assert sink.mails == []
 
 
 async def test_an_unreachable_server_is_a_temporary_failure(

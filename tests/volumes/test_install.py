@@ -14,8 +14,9 @@ from typing import Any
 
 from packaging.requirements import Requirement
 
-# What the s3 backend pulls in (boto, aiohttp under aiobotocore): tens of MB when imported;
-# and genro-storage with fsspec, which local and memory volumes need (some 5 MB).
+# What the s3 backend pulls in (s3fs, boto, aiohttp under aiobotocore and for the address
+# guard's connector): some 17 MB when imported; and genro-storage with fsspec, which local and
+# memory volumes need (some 10 MB).
 S3_LIBRARIES = {"s3fs", "aiobotocore", "botocore", "aiohttp"}
 STORAGE_LIBRARIES = {"genro_storage", "fsspec"}
 
@@ -45,14 +46,14 @@ def _normal(name: str) -> str:
 
 
 def base_requirements(name: str) -> list[str]:
-    """Our base install's requirement lines on ``name`` (``genro-storage[s3]<0.9,>=0.8.4``)."""
+    """Our base install's requirement lines on ``name`` (``s3fs>=2024.6``)."""
     lines = metadata.requires("genro-mail-proxy") or []
     return [line for line in lines if ";" not in line and Requirement(line).name == name]
 
 
 def test_the_base_install_brings_every_backend() -> None:
     closure = _base_closure("genro-mail-proxy")
-    assert {"genro-storage", "s3fs", "httpx"} <= closure
+    assert {"genro-storage", "s3fs", "aiohttp", "httpx", "dnspython"} <= closure
     assert {"aiobotocore", "botocore"} <= closure
 
 
@@ -114,20 +115,61 @@ def test_backend_libraries_are_imported_only_with_a_volume_of_their_kind(tmp_pat
         "backend": "s3",
         "config": {"bucket": "att", "endpoint_url": "http://127.0.0.1:9", "anon": True},
     }
+    # s3 goes through s3fs directly (built on fsspec), not through genro-storage
+    assert set(run_fresh(service_script(tables(tmp_path, bucket)))) == S3_LIBRARIES | {"fsspec"}
     loaded = run_fresh(service_script(tables(tmp_path, local, bucket)))
-    assert "s3fs" in loaded and "botocore" in loaded  # the check above can see them
+    assert set(loaded) == S3_LIBRARIES | STORAGE_LIBRARIES
 
 
 def test_a_backend_whose_library_is_missing_is_refused_with_the_pip_command(
     tmp_path: Path,
 ) -> None:
+    """The S3 backend imports s3fs and aiohttp (its guarded connector): either missing names
+    the one command that brings both back, as our metadata requires them."""
     bucket = {"name": "bucket", "backend": "s3", "config": {"bucket": "att"}}
-    missing = 'sys.modules["s3fs"] = None  # as if uninstalled'
-    message = run_fresh(service_script(tables(tmp_path, bucket), before=missing))
+    s3fs, aiohttp = base_requirements("s3fs"), base_requirements("aiohttp")
+    assert len(s3fs) == len(aiohttp) == 1
+    for library in ("s3fs", "aiohttp"):
+        missing = f'sys.modules["{library}"] = None  # as if uninstalled'
+        message = run_fresh(service_script(tables(tmp_path, bucket), before=missing))
+        assert message == (
+            f"[volumes] volume 'bucket': the s3 backend's library is missing ({library} cannot "
+            f'be imported): run pip install "{s3fs[0]}" "{aiohttp[0]}"'
+        )
+
+
+def test_a_local_volume_without_genro_storage_is_refused_with_the_pip_command(
+    tmp_path: Path,
+) -> None:
+    local = {"name": "docs", "backend": "local", "config": {"base_path": str(tmp_path)}}
+    missing = 'sys.modules["genro_storage"] = None  # as if uninstalled'
+    message = run_fresh(service_script(tables(tmp_path, local), before=missing))
     [requirement] = base_requirements("genro-storage")
     assert message == (
-        "[volumes] volume 'bucket': the s3 backend's library is missing (Install s3fs to "
-        f'access S3): run pip install "{requirement}"'
+        "[volumes] volume 'docs': the local backend's library is missing (genro_storage cannot "
+        f'be imported): run pip install "{requirement}"'
+    )
+
+
+def test_an_api_volume_whose_library_is_missing_is_refused_with_the_pip_command(
+    tmp_path: Path,
+) -> None:
+    """Over the API too: POST /volume's refusal (422) says what to run."""
+    put = """
+        from gmp_core import InvalidInput
+        from gmp_volumes import registry_of
+        try:
+            bucket = {"name": "b", "backend": "s3", "config": {"bucket": "att"}}
+            await registry_of(service).put(bucket)
+        except InvalidInput as exc:
+            return str(exc)
+"""
+    missing = 'sys.modules["s3fs"] = None  # as if uninstalled'
+    message = run_fresh(service_script(tables(tmp_path), before=missing, after=put.strip()))
+    [s3fs], [aiohttp] = base_requirements("s3fs"), base_requirements("aiohttp")
+    assert message == (
+        "volume 'b': the s3 backend's library is missing (s3fs cannot be imported): run "
+        f'pip install "{s3fs}" "{aiohttp}"'
     )
 
 

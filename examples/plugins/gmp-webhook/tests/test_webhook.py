@@ -50,7 +50,7 @@ async def test_posts_each_batch_with_its_token(
     assert (request.method, request.path) == ("POST", "/reports")
     assert request.headers["authorization"] == "Bearer s3cret"
     assert request.json() == {"reports": [r.as_item() for r in reports]}
-    assert request.json()["reports"][0]["sent_ts"] == reports[0].ts
+    assert request.json()["reports"][0]["sent_ts"] == int(reports[0].ts)  # whole seconds
 
 
 async def test_a_refusal_is_not_an_acknowledgement(
