@@ -105,7 +105,8 @@ class ServiceSettings(Settings):
     delivery_report_retention_seconds: int = setting(
         7 * 86400,
         env="GMP_DELIVERY_REPORT_RETENTION_SECONDS",
-        description="how long reported final messages are kept",
+        description="how long reported final messages are kept (seconds); <= 0: no automatic "
+        "purge, cleanup-messages removes them",
     )
     message_id_domain: str | None = setting(
         None, description="domain of generated Message-IDs (default: the sender's)"

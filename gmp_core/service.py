@@ -38,6 +38,9 @@ T = TypeVar("T")
 # gets them, and its call still succeeded.
 ALREADY_THERE = frozenset({"already sent", "in flight"})
 
+# "Reported before the epoch": no message is; what the retention purge removes when it is off.
+NO_MESSAGE = 0.0
+
 
 @dataclass(slots=True)
 class Rejection:
@@ -437,14 +440,25 @@ class Service:
         return result
 
     async def cleanup_messages(self, older_than_seconds: float | None = None) -> int:
-        settings = self.config.service
-        age = (
-            settings.delivery_report_retention_seconds
-            if older_than_seconds is None
-            else max(0.0, older_than_seconds)
-        )
+        """Remove final messages reported more than ``older_than_seconds`` ago (default: the
+        retention; a retention <= 0 means every reported one, as the original's cleanup)."""
+        if older_than_seconds is None:
+            older_than_seconds = self.config.service.delivery_report_retention_seconds
         now = time.time()
-        return await self.store.cleanup(now - age, now, settings.idempotency_window_seconds)
+        return await self._cleanup(now - max(0.0, older_than_seconds), now)
+
+    async def purge_expired(self) -> int:
+        """The automatic retention purge (every ``[reporting] purge_interval``): reported
+        final messages older than the retention. A retention <= 0 turns it off, as it did at
+        the original: then only :meth:`cleanup_messages` removes them. Tombstones older than
+        the idempotency window go either way (their table would only grow)."""
+        retention = self.config.service.delivery_report_retention_seconds
+        now = time.time()
+        return await self._cleanup(now - retention if retention > 0 else NO_MESSAGE, now)
+
+    async def _cleanup(self, reported_before: float, now: float) -> int:
+        window = self.config.service.idempotency_window_seconds
+        return await self.store.cleanup(reported_before, now, window)
 
     # ------------------------------------------------------------------ control
 
