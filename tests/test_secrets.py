@@ -357,7 +357,10 @@ def test_volume_credentials_are_the_fields_the_api_redacts() -> None:
 # plain-text AUTH is what the test sink offers without TLS; fine on 127.0.0.1
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
 async def test_an_encrypted_password_authenticates_at_the_smtp_server(
-    make_service: ServiceFactory, events: EventLog, db_url: str, caplog: pytest.LogCaptureFixture
+    db_url: str,  # before make_service: the schema is dropped after the service stops
+    make_service: ServiceFactory,
+    events: EventLog,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     sink = await SmtpSink(credentials={"mailer": PASSWORD}).start()
     try:
