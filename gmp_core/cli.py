@@ -1,4 +1,5 @@
-"""The ``gmp`` command: ``serve``, ``plugins``, ``check-config``, plus plugins' own commands."""
+"""The ``gmp`` command: ``serve``, ``plugins``, ``check-config``, ``migrate-config``, plus
+plugins' own commands."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import json
 import logging
 import signal
 from dataclasses import asdict
+from pathlib import Path
 
 import click
 
+from gmp_core import legacy_ini
 from gmp_core.config import LOG_LEVELS, Config, ConfigError
 from gmp_core.logs import configure_logging
 from gmp_core.plugins import describe_plugins, make_plugin_manager
@@ -22,7 +25,8 @@ config_option = click.option(
     "config_path",
     type=click.Path(dir_okay=False),
     envvar="GMP_CONFIG",
-    help="plugins.toml to use (default: $GMP_CONFIG, else ./plugins.toml if present)",
+    help="plugins.toml, or the original service's config.ini, to use (default: $GMP_CONFIG, "
+    "else ./plugins.toml, else ./config.ini, if present)",
 )
 
 
@@ -89,13 +93,37 @@ def check_config(config_path: str | None) -> None:
     config = _load(config_path)
     try:
         service = Service(config)
+        service.check()  # what `gmp serve` checks before it opens anything
     except ConfigError as exc:
         raise click.ClickException(f"configuration error: {exc}") from None
     click.echo(f"configuration OK ({config.path or 'no file: built-in defaults'})")
     enabled = sorted(name for name, plugin in service.pm.list_name_plugin() if plugin)
     click.echo(f"enabled plugins: {', '.join(enabled)}")
+    for variable, key in sorted(config.environment_used.items()):
+        click.echo(f"from the environment: {variable} sets {key}")
+    for level, text in config.startup_notices():
+        if level >= logging.WARNING:
+            click.echo(f"warning: {text}", err=True)
+        else:
+            click.echo(text)
     for table in config.unknown_tables():
         click.echo(f"warning: [{table}] is not used by any enabled plugin", err=True)
+
+
+@cli.command("migrate-config")
+@click.argument("ini_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def migrate_config(ini_file: Path) -> None:
+    """Print the plugins.toml equivalent of the original service's config.ini.
+
+    Keys that have no equivalent are listed on stderr and as comments at the top."""
+    try:
+        translation = legacy_ini.read(ini_file)
+        Service(Config(translation.tables, environ={}, sources=translation.sources))
+    except (legacy_ini.IniError, ConfigError) as exc:
+        raise click.ClickException(f"configuration error: {exc}") from None
+    click.echo(legacy_ini.to_toml(translation), nl=False)
+    for label in translation.ignored:
+        click.echo(f"not translated: {label}", err=True)
 
 
 def _load(config_path: str | None) -> Config:

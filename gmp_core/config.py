@@ -7,22 +7,40 @@ own table is ``[service]``. For a key ``k`` of table ``t`` the value comes from,
 2. the legacy flat name the field declares with :func:`setting` (``GMP_API_TOKEN`` ...);
 3. the file; 4. the model's default.
 
+The original service's ``config.ini`` is read too (``legacy_ini.py`` turns it into tables);
+for it the original's order holds: a key the file sets wins over the environment.
+
 A bad value stops start-up with a :class:`ConfigError` naming the key and where it came from.
+A ``GMP_*`` variable that nothing reads is a warning at start-up (a typo, most often).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import os
+import re
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+
+from gmp_core import legacy_ini
 
 DEFAULT_CONFIG_FILE = "plugins.toml"
+
+# Environment variables the core reads outside any settings table: each name, and who reads
+# it. The typo guard knows them; a new one is one line here.
+CORE_ENVIRONMENT = {
+    "GMP_CONFIG": "the configuration file (gmp --config)",
+}
+
+Notice = tuple[int, str]  # (logging level, text): said at start-up and by check-config
 
 
 class ConfigError(Exception):
@@ -39,9 +57,13 @@ def setting(
 
 
 class Settings(BaseModel):
-    """Base for settings tables: unknown keys are errors (they are usually typos)."""
+    """Base for settings tables: unknown keys are errors (they are usually typos).
+
+    A plugin that reads environment variables of its own, outside its settings, lists them in
+    ``extra_environment`` so that the typo guard knows them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    extra_environment: ClassVar[tuple[str, ...]] = ()
 
 
 class PluginsSettings(Settings):
@@ -83,13 +105,19 @@ class ServiceSettings(Settings):
     delivery_report_retention_seconds: int = setting(
         7 * 86400,
         env="GMP_DELIVERY_REPORT_RETENTION_SECONDS",
-        description="how long reported final messages are kept",
+        description="how long reported final messages are kept (seconds); <= 0: no automatic "
+        "purge, cleanup-messages removes them",
     )
     message_id_domain: str | None = setting(
         None, description="domain of generated Message-IDs (default: the sender's)"
     )
     max_message_attachment_bytes: int = setting(
         40 * 1024 * 1024, description="most attachment bytes in one message", ge=1
+    )
+    test_mode: bool = setting(
+        False,
+        env="GMP_TEST_MODE",
+        description="send only when POST /commands/run-now asks (the original's test mode)",
     )
 
     @field_validator("default_priority")
@@ -173,7 +201,11 @@ class LoggingSettings(Settings):
 
 
 class Config:
-    """The parsed file plus the environment; validates each table once it is registered."""
+    """The parsed file plus the environment; validates each table once it is registered.
+
+    ``file_wins`` (a config.ini): a key the file sets is not overridden by the environment.
+    ``sources`` names where the file set each ``(table, key)``, for error messages; ``notices``
+    are said at start-up (see :meth:`startup_notices`)."""
 
     def __init__(
         self,
@@ -181,10 +213,18 @@ class Config:
         *,
         environ: Mapping[str, str] | None = None,
         path: Path | None = None,
+        file_wins: bool = False,
+        sources: Mapping[tuple[str, str], str] | None = None,
+        notices: Iterable[Notice] = (),
     ) -> None:
         self.path = path
+        self.file_wins = file_wins
         self._tables = dict(tables or {})
         self._environ = dict(os.environ if environ is None else environ)
+        self._file_sources = dict(sources or {})
+        self._notices = list(notices)
+        # Variables that set a value: name -> "[table] key" (never the value).
+        self.environment_used: dict[str, str] = {}
         self._models: dict[str, type[BaseModel]] = {}
         self._sections: dict[str, BaseModel] = {}
         self.plugins = typing.cast(PluginsSettings, self.register("plugins", PluginsSettings))
@@ -198,19 +238,48 @@ class Config:
     def load(
         cls, path: str | Path | None = None, environ: Mapping[str, str] | None = None
     ) -> Config:
-        """Read ``path``, else ``$GMP_CONFIG``, else ``./plugins.toml`` if it exists."""
+        """Read ``path``, else ``$GMP_CONFIG``, else ``./plugins.toml``, else the original's
+        ``./config.ini``, whichever exists first. A file ending in ``.ini`` is read as the
+        original's config.ini."""
         env = os.environ if environ is None else environ
         explicit = path or env.get("GMP_CONFIG")
         file = Path(explicit) if explicit else Path(DEFAULT_CONFIG_FILE)
         if not file.exists():
             if explicit:
                 raise ConfigError(f"configuration file not found: {file}")
-            return cls({}, environ=env)
+            file = Path(legacy_ini.LEGACY_CONFIG_FILE)
+            if not file.exists():
+                return cls({}, environ=env)
+        if file.suffix.lower() == ".ini":
+            return cls.from_ini(file, env)
         try:
             tables = tomllib.loads(file.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{file}: not valid TOML: {exc}") from None
         return cls(tables, environ=env, path=file)
+
+    @classmethod
+    def from_ini(cls, file: Path, environ: Mapping[str, str] | None = None) -> Config:
+        """The original service's config.ini, with its precedence: the file over the
+        environment."""
+        try:
+            ini = legacy_ini.read(file)
+        except legacy_ini.IniError as exc:
+            raise ConfigError(str(exc)) from None
+        read = (
+            logging.INFO,
+            f"read {file}, the original service's configuration: its keys win over the "
+            f"environment, as there ('gmp migrate-config {file}' prints the plugins.toml "
+            "equivalent)",
+        )
+        return cls(
+            ini.tables,
+            environ=environ,
+            path=file,
+            file_wins=True,
+            sources=ini.sources,
+            notices=[read, *ini.notices],
+        )
 
     @property
     def disabled_plugins(self) -> set[str]:
@@ -242,30 +311,115 @@ class Config:
         """Tables in the file that no enabled plugin declared (typos, or disabled plugins)."""
         return sorted(set(self._tables) - set(self._sections))
 
+    # ------------------------------------------------------------------ the environment
+
+    def known_environment(self) -> set[str]:
+        """Every ``GMP_*`` name something reads: the settings of the tables declared so far
+        (``GMP_<TABLE>_<KEY>`` and legacy names), what their models list in
+        ``extra_environment``, ``${NAME}`` references in the file, the core's own names and
+        the original's names that have no effect here."""
+        names = set(CORE_ENVIRONMENT) | set(legacy_ini.NO_EFFECT_ENVIRONMENT)
+        names.update(_references(self._tables))  # ${NAME} in the file: a volume's secret
+        for table, model in self._models.items():
+            for name, info in model.model_fields.items():
+                names.update(_environment_names(table, name, info))
+            names.update(getattr(model, "extra_environment", ()))
+        return names
+
+    def unread_environment(self) -> list[str]:
+        """``GMP_*`` variables set that nothing reads (ask once every plugin registered)."""
+        known = self.known_environment()
+        return sorted(
+            name for name in self._environ if name.startswith("GMP_") and name not in known
+        )
+
+    def startup_notices(self) -> list[Notice]:
+        """What to say at start-up about the configuration: which file was read and what in it
+        was ignored, original names with no effect here, and variables nothing reads."""
+        notices = list(self._notices)
+        for name, why in legacy_ini.NO_EFFECT_ENVIRONMENT.items():
+            if name in self._environ:
+                notices.append((logging.WARNING, f"{name} has no effect here ({why})"))
+        known = sorted(self.known_environment())
+        for name in self.unread_environment():
+            hint = difflib.get_close_matches(name, known, n=1)
+            maybe = f" (did you mean {hint[0]}?)" if hint else ""
+            notices.append(
+                (
+                    logging.WARNING,
+                    f"environment variable {name} is set but nothing reads it: a typo?{maybe} "
+                    "The names are in docs/configuration.md",
+                )
+            )
+        return notices
+
     def _validate(self, table: str, model: type[BaseModel]) -> BaseModel:
         raw = self._tables.get(table, {})
         if not isinstance(raw, dict):
             raise ConfigError(f"[{table}] must be a table")
-        values, sources = dict(raw), {key: f"[{table}] {key}" for key in raw}
+        values = dict(raw)
+        sources = {key: self._file_sources.get((table, key), f"[{table}] {key}") for key in raw}
         for name, info in model.model_fields.items():
-            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-            for var in (f"GMP_{table}_{name}".upper(), extra.get("legacy_env")):
-                if isinstance(var, str) and var in self._environ:
+            for var in _environment_names(table, name, info):
+                if var not in self._environ:
+                    continue
+                if self.file_wins and name in raw:
+                    self._notices.append(
+                        (
+                            logging.WARNING,
+                            f"{var} is ignored: {sources[name]} sets the same setting, and "
+                            "a config.ini wins over the environment (the original's rule)",
+                        )
+                    )
+                else:
                     values[name] = _parse_env(self._environ[var], info.annotation)
                     sources[name] = f"environment variable {var}"
-                    break
+                    self.environment_used[var] = f"[{table}] {name}"
+                break
         try:
             return model.model_validate(values)
         except ValidationError as exc:
             problems = []
             for error in exc.errors(include_input=False, include_url=False):
-                key = str(error["loc"][0]) if error["loc"] else ""
-                where = sources.get(key, f"[{table}] {key}") + _inner(error["loc"][1:])
+                where = self._where(table, error["loc"], sources)
                 if error["type"] == "extra_forbidden":
                     problems.append(f"{where}: unknown key")
                 else:
                     problems.append(f"{where}: {error['msg']}")
             raise ConfigError("; ".join(problems)) from None
+
+    def _where(self, table: str, loc: tuple[int | str, ...], sources: Mapping[str, str]) -> str:
+        """Where a validation error is: the key's source (the file, or the variable), then the
+        place inside it; a list item the file named itself (a config.ini volume) by its name."""
+        key = str(loc[0]) if loc else ""
+        if len(loc) > 1 and isinstance(loc[1], int):
+            item = self._file_sources.get((table, f"{key}[{loc[1]}]"))
+            if item is not None and not sources.get(key, "").startswith("environment"):
+                return item + _inner(loc[2:])
+        return sources.get(key, f"[{table}] {key}") + _inner(loc[1:])
+
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _references(value: Any) -> set[str]:
+    """The variables named as ``${NAME}`` in the file's strings, at any depth."""
+    if isinstance(value, str):
+        return set(_REFERENCE.findall(value))
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return set().union(*map(_references, value)) if value else set()
+    return set()
+
+
+def _environment_names(table: str, name: str, info: FieldInfo) -> list[str]:
+    """The variables that set a field, the first found winning: ``GMP_<TABLE>_<KEY>``, then
+    its legacy flat name if it has one."""
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    legacy = extra.get("legacy_env")
+    qualified = f"GMP_{table}_{name}".upper()
+    return [qualified, legacy] if isinstance(legacy, str) else [qualified]
 
 
 def _inner(loc: tuple[int | str, ...]) -> str:

@@ -77,6 +77,8 @@ class Dispatcher:
         self._send_slots = asyncio.Semaphore(self.settings.max_concurrent_sends)
         self._wake = asyncio.Event()
         self._urgent = False
+        # Test mode: run-nows asked for, and the last one whose due messages are all claimed.
+        self._runs_asked = self._runs_done = 0
         self._active_checked = time.monotonic()  # the service read the flag at start-up
         self._active_changes = 0
         self._stop_requested = asyncio.Event()
@@ -97,6 +99,18 @@ class Dispatcher:
         """New work (``urgent``: some of it is priority 0), a run-now, or room in the pipeline."""
         self._urgent = self._urgent or urgent
         self._wake.set()
+
+    def run_now(self) -> None:
+        """``POST /commands/run-now``: send what is due now. In test mode the only trigger:
+        claims go on until nothing due is left, then wait for the next run-now."""
+        self._runs_asked += 1
+        self.wake(urgent=True)
+
+    @property
+    def _claiming(self) -> bool:
+        """Sending is active and, in test mode, a run-now asked for it."""
+        asked = self._runs_asked > self._runs_done
+        return self.service.active and (asked or not self.settings.test_mode)
 
     @property
     def dead_tasks(self) -> list[str]:
@@ -183,9 +197,10 @@ class Dispatcher:
 
     async def _claim_once(self) -> bool:
         """Claim and admit one batch; False when there was nothing to do (or no room)."""
-        if not self.service.active:
+        if not self._claiming:
             return False
         urgent, self._urgent = self._urgent, False
+        runs_asked = self._runs_asked
         if self._has_room():
             limit, max_priority = self.capacity - self._unsent(), 3
         elif urgent:  # the immediate lane: only priority 0, even with a full pipeline
@@ -202,6 +217,7 @@ class Dispatcher:
             default_batch_size=self.settings.batch_size_per_account,
         )
         if not claims:
+            self._runs_done = runs_asked  # all that was due is claimed: test mode waits again
             return False
         for claim in claims:
             self._held[claim.message.id] = claim
@@ -221,7 +237,7 @@ class Dispatcher:
         """Sleep until woken, until the next scheduled message is due, or at most
         ``send_loop_interval`` (other processes may add work we are not told about)."""
         timeout = self.settings.send_loop_interval
-        if self.service.active and not self._stopping and self._has_room():
+        if self._claiming and not self._stopping and self._has_room():
             with contextlib.suppress(Exception):  # the store may be down; just poll later
                 due = await self.service.store.next_due(time.time())
                 if due is not None:

@@ -42,6 +42,14 @@ def gmp_register_settings(register: Callable[[str, type[BaseModel]], None]) -> N
     """
 
 
+@hookspec
+def gmp_check_config(service: Service) -> None:
+    """Refuse a configuration this plugin cannot run with: raise ``ConfigError`` naming the
+    setting and the fix. Called by ``gmp check-config`` and first thing in ``start()``, so
+    both refuse the same configurations. It may read files; it must not connect anywhere,
+    listen, or change anything."""
+
+
 @hookspec(firstresult=True)
 def gmp_make_store(config: Config) -> Store | None:
     """Return the :class:`~gmp_core.store.Store` for the configured database, or ``None``

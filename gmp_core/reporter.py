@@ -24,7 +24,8 @@ posts; one whose heartbeat is older than a lease is stuck (a store call or an ob
 never returns), and ``/health`` says so (:meth:`Reporting.stuck_tasks`).
 
 Retention runs beside them: messages every reporter acknowledged are purged after
-``delivery_report_retention_seconds``; nothing unacknowledged ever is.
+``delivery_report_retention_seconds`` (<= 0: never automatically, as at the original; only a
+cleanup-messages call removes them then); nothing unacknowledged ever is.
 """
 
 from __future__ import annotations
@@ -72,6 +73,11 @@ class Reporting:
         for loop in self.loops:
             loop.start()
         self._purge_task = asyncio.create_task(self._purge(), name="gmp-retention")
+        if self.service.config.service.delivery_report_retention_seconds <= 0:
+            log.info(
+                "automatic retention purge off ([service] delivery_report_retention_seconds "
+                "<= 0): reported messages stay until a cleanup-messages call"
+            )
 
     def wake(self) -> None:
         """New reports may be waiting."""
@@ -123,7 +129,7 @@ class Reporting:
             if self._stopping.is_set():
                 return
             try:
-                removed = await self.service.cleanup_messages()
+                removed = await self.service.purge_expired()
             except Exception:
                 log.exception("retention purge failed; trying again later")
                 continue

@@ -29,6 +29,7 @@ from gmp_core.reporter import Reporting
 from gmp_core.store import DeleteResult, MessageRecord, Store, StoreCannotWrite
 
 log = logging.getLogger("gmp.service")
+config_log = logging.getLogger("gmp.config")
 
 T = TypeVar("T")
 
@@ -36,6 +37,9 @@ T = TypeVar("T")
 # Refusals that say the message is already there: a client retrying a call that was stored
 # gets them, and its call still succeeded.
 ALREADY_THERE = frozenset({"already sent", "in flight"})
+
+# "Reported before the epoch": no message is; what the retention purge removes when it is off.
+NO_MESSAGE = 0.0
 
 
 @dataclass(slots=True)
@@ -153,6 +157,9 @@ class Service:
 
     async def start(self) -> None:
         """Open the store, collect plugin objects, run ``gmp_startup``, start dispatching."""
+        for level, text in self.config.startup_notices():
+            config_log.log(level, "%s", text)
+        self.check()
         store = self.pm.hook.gmp_make_store(config=self.config)
         if store is None:
             raise ConfigError("no enabled plugin provides a store (is 'sql' disabled?)")
@@ -180,11 +187,17 @@ class Service:
         self._dispatcher.start()
         self._reporting.start()
         self.started_at = time.time()
+        sending = "active" if self.active else "suspended"
+        if self.config.service.test_mode:
+            sending += ", test mode: only when POST /commands/run-now asks"
         log.info(
-            "genro-mail-proxy started (worker %s, sending %s)",
-            self._dispatcher.worker,
-            "active" if self.active else "suspended",
+            "genro-mail-proxy started (worker %s, sending %s)", self._dispatcher.worker, sending
         )
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` if a plugin refuses the configuration (hook
+        ``gmp_check_config``): ``start()`` and ``gmp check-config`` both run it."""
+        self.pm.hook.gmp_check_config(service=self)
 
     def _collect_plugin_objects(self) -> None:
         hook = self.pm.hook
@@ -427,20 +440,32 @@ class Service:
         return result
 
     async def cleanup_messages(self, older_than_seconds: float | None = None) -> int:
-        settings = self.config.service
-        age = (
-            settings.delivery_report_retention_seconds
-            if older_than_seconds is None
-            else max(0.0, older_than_seconds)
-        )
+        """Remove final messages reported more than ``older_than_seconds`` ago (default: the
+        retention; a retention <= 0 means every reported one, as the original's cleanup)."""
+        if older_than_seconds is None:
+            older_than_seconds = self.config.service.delivery_report_retention_seconds
         now = time.time()
-        return await self.store.cleanup(now - age, now, settings.idempotency_window_seconds)
+        return await self._cleanup(now - max(0.0, older_than_seconds), now)
+
+    async def purge_expired(self) -> int:
+        """The automatic retention purge (every ``[reporting] purge_interval``): reported
+        final messages older than the retention. A retention <= 0 turns it off, as it did at
+        the original: then only :meth:`cleanup_messages` removes them. Tombstones older than
+        the idempotency window go either way (their table would only grow)."""
+        retention = self.config.service.delivery_report_retention_seconds
+        now = time.time()
+        return await self._cleanup(now - retention if retention > 0 else NO_MESSAGE, now)
+
+    async def _cleanup(self, reported_before: float, now: float) -> int:
+        window = self.config.service.idempotency_window_seconds
+        return await self.store.cleanup(reported_before, now, window)
 
     # ------------------------------------------------------------------ control
 
     def run_now(self) -> None:
-        """Wake the dispatcher and the reporters at once."""
-        self.dispatcher.wake(urgent=True)
+        """Wake the dispatcher and the reporters at once (in test mode, the only way messages
+        are sent)."""
+        self.dispatcher.run_now()
         self.reporting.run_now()
 
     async def set_active(self, active: bool) -> bool:

@@ -92,7 +92,10 @@ def postgres_database() -> str:
 
 @pytest.fixture
 def postgres_url(postgres_database: str) -> Iterator[str]:
-    """A fresh, empty schema for one test: a URL whose connections use only it."""
+    """A fresh, empty schema for one test: a URL whose connections use only it. A test that
+    also starts a service (``make_service``) lists this fixture first: fixtures are torn down
+    in reverse order, and dropping the schema while the service still holds a transaction in
+    it blocks the event loop that would end that transaction (the test hangs)."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
     run_async(lambda: _admin(f"CREATE SCHEMA {schema}", postgres_database))
     yield f"{postgres_database}?search_path={schema}"

@@ -22,7 +22,8 @@ class ServeProcess:
         self, config: Path | None, *, cwd: Path | None = None, env: dict[str, str] | None = None
     ) -> None:
         """``config`` None: no --config, as a container started with only environment
-        variables (then ``cwd`` is where it runs); ``env`` adds to this process's."""
+        variables, or to let gmp find a config file in ``cwd`` by itself (where it runs);
+        ``env`` adds to this process's."""
         self.config = config
         self.cwd = cwd or (config.parent if config else Path.cwd())
         self.env = env or {}

@@ -140,3 +140,49 @@ def test_check_config_command(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["check-config", "--config", str(bad)], env={})
     assert result.exit_code == 1
     assert "[smtp] command_timeout" in result.output
+
+
+@pytest.mark.parametrize(
+    ("file", "env"),
+    [
+        ('[rest]\nhost = "0.0.0.0"\n', {}),
+        ("", {"GMP_HOST": "0.0.0.0"}),  # the original's Docker environment, without a token
+    ],
+)
+def test_check_config_refuses_what_serve_refuses(
+    tmp_path: Path, file: str, env: dict[str, str]
+) -> None:
+    """An open API on a public address: serve refuses to start, so check-config says so
+    too (both run the plugins' gmp_check_config)."""
+    from click.testing import CliRunner
+
+    from gmp_core.cli import cli
+
+    config = tmp_path / "plugins.toml"
+    config.write_text(file)
+    environ = {"GMP_API_TOKEN": "", **env}
+    result = CliRunner().invoke(cli, ["check-config", "--config", str(config)], env=environ)
+    assert result.exit_code == 1
+    assert "refusing to listen on 0.0.0.0 without an API token" in result.output
+
+    with pytest.raises(ConfigError, match=r"refusing to listen on 0\.0\.0\.0"):
+        Service(Config.load(config, environ=environ)).check()  # what serve's start() runs
+
+    environ["GMP_API_TOKEN"] = "a-token"
+    result = CliRunner().invoke(cli, ["check-config", "--config", str(config)], env=environ)
+    assert result.exit_code == 0, result.output
+
+
+def test_check_config_refuses_a_key_file_others_may_read(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from gmp_core.cli import cli
+
+    key_file = tmp_path / "secrets.key"
+    key_file.write_text("A" * 43 + "=\n")
+    key_file.chmod(0o644)
+    config = tmp_path / "plugins.toml"
+    config.write_text(f'[secrets]\nkey_file = "{key_file}"\n')
+    result = CliRunner().invoke(cli, ["check-config", "--config", str(config)], env={})
+    assert result.exit_code == 1
+    assert "other users may read or change it" in result.output

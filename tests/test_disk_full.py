@@ -157,7 +157,10 @@ CREATE TRIGGER full_flags BEFORE INSERT OR UPDATE ON flags
 
 
 async def test_postgresql_disk_full_is_mapped_the_same_way(
-    make_service: ServiceFactory, postgres_url: str, sink: SmtpSink, events: EventLog
+    postgres_url: str,  # before make_service: the schema is dropped after the service stops
+    make_service: ServiceFactory,
+    sink: SmtpSink,
+    events: EventLog,
 ) -> None:
     import asyncpg
 

@@ -36,7 +36,16 @@ from gmp_core import (
 from gmp_core.cli import cli
 from gmp_core.plugins import make_plugin_manager
 from gmp_core.testing import SmtpSink
-from tests.support import EventLog, ServiceFactory, account, message, status_of, wait_until
+from tests.support import (
+    EventLog,
+    ServiceFactory,
+    account,
+    base_tables,
+    merge,
+    message,
+    status_of,
+    wait_until,
+)
 
 # ---------------------------------------------------------------------------- settings
 
@@ -59,6 +68,23 @@ def test_hook_gmp_register_settings() -> None:
 
     with pytest.raises(ConfigError, match=r"\[greeting\] times: Input should be greater"):
         Service(Config({"greeting": {"times": 0}}, environ={}), plugins=[Greeting()])
+
+
+class PoliteGreeting(Greeting):
+    @hookimpl
+    def gmp_check_config(self, service: Service) -> None:
+        if service.config.section("greeting").times > 3:
+            raise ConfigError("[greeting] times: more than 3 is rude; at most 3")
+
+
+async def test_hook_gmp_check_config(tmp_path: Path) -> None:
+    config = Config(merge(base_tables(tmp_path), {"greeting": {"times": 5}}), environ={})
+    service = Service(config, plugins=[PoliteGreeting()])
+    with pytest.raises(ConfigError, match="more than 3 is rude"):
+        service.check()  # what gmp check-config runs
+    with pytest.raises(ConfigError, match="more than 3 is rude"):
+        await service.start()
+    assert not (tmp_path / "gmp.db").exists()  # refused before the store was opened
 
 
 # ---------------------------------------------------------------------------- store

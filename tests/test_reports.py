@@ -341,7 +341,7 @@ async def test_retention_purges_only_acknowledged_messages(
         make_service,
         sink,
         receiver,
-        service={"delivery_report_retention_seconds": 0},
+        service={"delivery_report_retention_seconds": 1},  # <= 0 would turn the loop off
         reporting={"purge_interval": 0.05},
     )
     await service.add_messages([message("a")])

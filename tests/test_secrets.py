@@ -357,7 +357,10 @@ def test_volume_credentials_are_the_fields_the_api_redacts() -> None:
 # plain-text AUTH is what the test sink offers without TLS; fine on 127.0.0.1
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
 async def test_an_encrypted_password_authenticates_at_the_smtp_server(
-    make_service: ServiceFactory, events: EventLog, db_url: str, caplog: pytest.LogCaptureFixture
+    db_url: str,  # before make_service: the schema is dropped after the service stops
+    make_service: ServiceFactory,
+    events: EventLog,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     sink = await SmtpSink(credentials={"mailer": PASSWORD}).start()
     try:
@@ -427,6 +430,16 @@ async def test_a_webdav_volume_set_over_the_api_keeps_its_password_sealed(
 
 
 # ---------------------------------------------------------------------- the command
+
+
+def test_gmp_secrets_rotate_without_a_key_fails_before_creating_a_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no plugins.toml: the default database is ./gmp.db
+    result = CliRunner().invoke(secrets_command, ["rotate"], env={"GMP_CONFIG": ""})
+    assert result.exit_code == 1
+    assert "no current key to rotate to" in result.output
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_gmp_secrets_rotate(tmp_path: Path) -> None:

@@ -60,9 +60,13 @@ def gmp_register_settings(register: Callable[[str, type[Settings]], None]) -> No
 
 
 @hookimpl
+def gmp_check_config(service: Service) -> None:
+    check_exposure(service, service.config.section("rest").host)
+
+
+@hookimpl
 async def gmp_startup(service: Service) -> None:
     settings: RestSettings = service.config.section("rest")
-    check_exposure(service, settings.host)
     service.state["rest"] = await RestServer.start(
         create_app(service),
         settings.host,

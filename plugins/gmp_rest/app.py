@@ -635,8 +635,8 @@ async def cleanup_messages() -> ResponseReturnValue:
     """Remove final messages whose report was acknowledged long ago.
 
     Removes sent or failed messages whose delivery report was acknowledged more than
-    `older_than_seconds` ago (default: `[service] delivery_report_retention_seconds`).
-    Unreported messages are never removed.
+    `older_than_seconds` ago (default: `[service] delivery_report_retention_seconds`; with
+    a retention of 0 or less, every reported one). Unreported messages are never removed.
     """
     body = await read_body(s.CleanupBody)
     return {"ok": True, "removed": await _service().cleanup_messages(body.older_than_seconds)}

@@ -55,7 +55,7 @@ class SandboxSettings(Settings):
         None,
         ge=0,
         description="how long captured messages are kept (seconds; default: [service] "
-        "delivery_report_retention_seconds)",
+        "delivery_report_retention_seconds, whose <= 0 keeps them)",
     )
 
 
@@ -129,11 +129,15 @@ async def ensure_account(service: Service, account_id: str) -> None:
 
 
 async def purge_expired(service: Service, now: float) -> int:
-    """Delete captures older than the retention; returns how many went."""
+    """Delete captures older than the retention; returns how many went. Following the core's
+    retention (no ``retention_seconds`` of ours), a core retention <= 0 keeps every capture,
+    as it keeps every reported message (``max_messages`` still bounds them)."""
     settings: SandboxSettings = service.config.section("sandbox")
     retention = settings.retention_seconds
     if retention is None:
         retention = service.config.service.delivery_report_retention_seconds
+        if retention <= 0:  # the core's automatic purge is off: so is ours
+            return 0
     store = service.store
     assert isinstance(store, CaptureStore)
     return await store.purge_captures(now - retention)

@@ -17,7 +17,7 @@ from typing import Literal, cast
 import click
 import peewee as pw
 
-from gmp_core import Config, ConfigError, Settings, hookimpl, setting
+from gmp_core import Config, ConfigError, Service, Settings, hookimpl, setting
 from gmp_sql.commands import secrets as secrets_command
 from gmp_sql.runner import GreenletRunner
 from gmp_sql.secrets import Keyring, SecretError, SecretsSettings
@@ -53,6 +53,12 @@ def gmp_register_settings(register: Callable[[str, type[Settings]], None]) -> No
 @hookimpl
 def gmp_register_commands(cli: click.Group) -> None:
     cli.add_command(secrets_command)
+
+
+@hookimpl
+def gmp_check_config(service: Service) -> None:
+    """The keys, as the store will read them (a key file others may read is refused)."""
+    Keyring.from_settings(service.config.section("secrets"))
 
 
 @hookimpl

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import click
 
 from gmp_core import Config, ConfigError
 from gmp_core.cli import config_option
-from gmp_sql.secrets import new_key
+from gmp_sql.secrets import NO_KEY_TO_ROTATE_TO, new_key
 
 
 @click.group()
@@ -38,8 +39,12 @@ def rotate(config_path: str | None) -> None:
 
 async def _rotate(config: Config) -> tuple[int, int, str]:
     from gmp_sql import SqlSettings, gmp_make_store  # the plugin module imports this one
+    from gmp_sql.secrets import Keyring, SecretsSettings
 
     config.register("sql", SqlSettings)
+    secrets = cast(SecretsSettings, config.register("secrets", SecretsSettings))
+    if not Keyring.from_settings(secrets).encrypts:  # before the store: nothing created
+        raise ConfigError(NO_KEY_TO_ROTATE_TO)
     store = gmp_make_store(config)
     assert store is not None  # the SQL plugin always makes one
     try:

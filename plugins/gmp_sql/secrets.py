@@ -100,6 +100,9 @@ class SecretsSettings(Settings):
         return value
 
 
+NO_KEY_TO_ROTATE_TO = "no current key to rotate to: set [secrets] key or key_file"
+
+
 class SecretError(ConfigError):
     """A stored secret cannot be opened (or sealed). The message names the account or volume
     and the key id, never a secret or a key."""

@@ -45,6 +45,7 @@ from gmp_sql.listen import Listener
 from gmp_sql.runner import DatabaseThread, Runner, on_db_thread
 from gmp_sql.schema import MIGRATIONS, SCHEMA_VERSION, Schema, bind_schema
 from gmp_sql.secrets import (
+    NO_KEY_TO_ROTATE_TO,
     Keyring,
     Place,
     SecretError,
@@ -283,7 +284,7 @@ class SqlStore(CaptureMethods):
         meanwhile see the old or the new text, and can open both. A row changed meanwhile is
         left as it now is (the change was sealed by whoever made it) and not counted."""
         if not self.keyring.encrypts:
-            raise SecretError("no current key to rotate to: set [secrets] key or key_file")
+            raise SecretError(NO_KEY_TO_ROTATE_TO)
         resealed = current = 0
         with self._write():
             for account_id, stored in self._sql(

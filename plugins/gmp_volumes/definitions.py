@@ -9,7 +9,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -26,9 +26,13 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 class _BackendConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # The original service's names (its genro-storage keys, its VOLUMES.md) for our keys:
+    # volumes written its way keep working (see with_our_names).
+    ORIGINAL_NAMES: ClassVar[dict[str, str]] = {}
 
 
 class LocalConfig(_BackendConfig):
+    ORIGINAL_NAMES = {"path": "base_path"}
     base_path: str = Field(min_length=1, description="directory holding the files")
 
 
@@ -37,6 +41,8 @@ class MemoryConfig(_BackendConfig):
 
 
 class S3Config(_BackendConfig):
+    # genro-storage read key/secret/prefix; VOLUMES.md documented access_key/secret_key.
+    ORIGINAL_NAMES = {"key": "access_key", "secret": "secret_key", "prefix": "base_path"}
     bucket: str = Field(min_length=3)
     base_path: str = ""
     region: str | None = None
@@ -53,6 +59,8 @@ class _WebConfig(_BackendConfig):
     # Private, loopback and link-local addresses are refused unless listed here.
     allow_networks: list[Network] = Field(default_factory=list)
     ca_bundle: str | None = None  # CA file for servers with a private certificate authority
+    verify_ssl: bool = True  # False: no certificate check at all (plugins.toml only)
+    timeout: float | None = Field(None, gt=0)  # one read's deadline, within fetch_timeout
 
     @field_validator("allow_networks", mode="before")
     @classmethod
@@ -74,6 +82,7 @@ class HttpConfig(_WebConfig):
 
 
 class WebdavConfig(_WebConfig):
+    ORIGINAL_NAMES = {"base_url": "url"}
     url: str
 
     @field_validator("url")
@@ -112,9 +121,11 @@ class VolumeDefinition(BaseModel):
         return value
 
     def backend_config(self) -> Any:
-        """The ``config`` validated for the backend; errors name ``config.<key>``."""
+        """The ``config`` validated for the backend (the original's key names accepted);
+        errors name ``config.<key>``."""
+        model = BACKEND_CONFIGS[self.backend]
         try:
-            return BACKEND_CONFIGS[self.backend].model_validate(self.config)
+            return model.model_validate(with_our_names(self.config, model.ORIGINAL_NAMES))
         except ValidationError as exc:
             raise ValueError(f"config.{describe(exc)}") from None
 
@@ -126,6 +137,23 @@ class VolumeDefinition(BaseModel):
             "config": redact(self.config),
             "account_id": self.account_id,
         }
+
+
+def with_our_names(config: Mapping[str, Any], original_names: Mapping[str, str]) -> dict[str, Any]:
+    """``config`` with the original service's key names replaced by ours. Both forms of one
+    key may be given only with the same value."""
+    renamed = dict(config)
+    for original, ours in original_names.items():
+        if original not in renamed:
+            continue
+        value = renamed.pop(original)
+        if ours in renamed and renamed[ours] != value:
+            raise ValueError(
+                f"config.{original}: the original service's name of {ours}, which is given "
+                "too, with another value: give one of them"
+            )
+        renamed[ours] = value
+    return renamed
 
 
 def describe(error: Exception) -> str:

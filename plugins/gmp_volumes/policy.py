@@ -40,6 +40,8 @@ async def check_api_definition(
         _check_networks(config.allow_networks, networks)
         if config.ca_bundle:
             raise InvalidInput("config.ca_bundle: may only be set in plugins.toml")
+        if not config.verify_ssl:
+            raise InvalidInput("config.verify_ssl: false may only be set in plugins.toml")
         field = "base_url" if definition.backend == "http" else "url"
         guard = AddressGuard(config.allow_networks, resolver)
         await _check_host(

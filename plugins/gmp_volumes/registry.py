@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from gmp_core import AttachmentError, ConfigError, InvalidInput, Service, VolumeRecord
 from gmp_volumes.definitions import VolumeDefinition, describe
 from gmp_volumes.guard import AddressGuard
+from gmp_volumes.install import MissingLibrary
 from gmp_volumes.policy import check_api_definition
 from gmp_volumes.resolver import Resolver
 from gmp_volumes.s3 import S3Source
@@ -328,7 +329,10 @@ class VolumeRegistry:
             # fsspec has one memory filesystem per process: give each volume its own corner
             owner = definition.account_id or "-"
             mount = {"protocol": "memory", "base_path": f"/gmp/{owner}/{definition.name}"}
-        return StorageSource(self.storage, mount)
+        try:
+            return StorageSource(self.storage, mount)
+        except ImportError as exc:  # genro-storage (or fsspec) uninstalled since
+            raise MissingLibrary(backend, exc, "genro-storage") from None
 
 
 class RecentReads:
@@ -408,8 +412,6 @@ def _definition(record: VolumeRecord) -> VolumeDefinition:
 
 def _reason(exc: Exception) -> str:
     """Why mounting failed, without echoing configuration values (they may be secrets)."""
-    if isinstance(exc, ImportError):  # only s3 has libraries beyond the base install
-        return f"the s3 backend is not installed: pip install 'genro-mail-proxy[s3]' ({exc})"
     if isinstance(exc, ValueError | RuntimeError):  # InvalidInput is a ValueError
         return describe(exc)
     return type(exc).__name__

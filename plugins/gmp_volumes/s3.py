@@ -17,6 +17,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from gmp_core import AttachmentError
+from gmp_volumes.install import MissingLibrary
 from gmp_volumes.sources import check_subpath, forbidden, not_found, too_large, unreachable
 
 if TYPE_CHECKING:
@@ -28,9 +29,10 @@ if TYPE_CHECKING:
 class S3Source:
     def __init__(self, config: Any, guard: AddressGuard | None) -> None:
         try:
+            import aiohttp  # noqa: F401  the guarded connector's (and aiobotocore's)
             import s3fs
-        except ImportError:  # the registry says which extra to install
-            raise ImportError("s3fs is not installed") from None
+        except ImportError as exc:  # uninstalled by hand: say what brings it back
+            raise MissingLibrary("s3", exc, "s3fs", "aiohttp") from None
 
         self.root = "/".join(part.strip("/") for part in (config.bucket, config.base_path) if part)
         config_kwargs: dict[str, Any] = {}

@@ -8,16 +8,21 @@ address, with ``Host`` and the TLS server name kept), so a DNS answer that chang
 the check and the connection cannot slip through. Redirects are followed by hand, each hop
 checked the same way. genro-storage's HTTP and WebDAV mounts offer no place for such a
 check, so these two backends use httpx directly; reading a WebDAV file is a plain GET.
+
+``verify_ssl = false`` (the original's key, plugins.toml only) turns off the certificate
+check and nothing else: the connection still goes to an address the guard checked.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from typing import Any
 from urllib.parse import quote
 
 from gmp_core import AttachmentError
 from gmp_volumes.guard import Address, AddressGuard
+from gmp_volumes.install import pip_install
 from gmp_volumes.sources import check_subpath, forbidden, not_found, too_large, unreachable
 
 try:
@@ -35,9 +40,7 @@ class WebSource:
 
     def __init__(self, base_url: str, config: Any, guard: AddressGuard) -> None:
         if httpx is None:
-            raise RuntimeError(
-                "HTTP and WebDAV volumes need httpx: pip install 'genro-mail-proxy[http]'"
-            )
+            raise RuntimeError(f"HTTP and WebDAV volumes need httpx: {pip_install('httpx')}")
         self.base_url = base_url.rstrip("/") + "/"
         self.guard = guard
         self.auth: tuple[str, str] | None = None
@@ -46,7 +49,10 @@ class WebSource:
             self.headers["Authorization"] = f"Bearer {config.token}"
         elif config.username is not None:
             self.auth = (config.username, config.password or "")
-        tls = ssl.create_default_context(cafile=config.ca_bundle) if config.ca_bundle else True
+        self.timeout: float | None = config.timeout
+        tls: ssl.SSLContext | bool = config.verify_ssl
+        if config.ca_bundle and config.verify_ssl:
+            tls = ssl.create_default_context(cafile=config.ca_bundle)
         self.client = httpx.AsyncClient(
             verify=tls,
             timeout=None,  # the registry bounds each whole read, redirects included
@@ -56,6 +62,17 @@ class WebSource:
         self.origin = httpx.URL(self.base_url).copy_with(path="/", query=None)
 
     async def read(self, subpath: str, limit: int) -> bytes:
+        """The file, within this volume's own ``timeout`` if it has one (the registry bounds
+        every read by ``[volumes] fetch_timeout`` too)."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._follow(subpath, limit)
+        except TimeoutError:
+            raise AttachmentError(
+                f"source timed out after {self.timeout:g}s", temporary=True
+            ) from None
+
+    async def _follow(self, subpath: str, limit: int) -> bytes:
         url = httpx.URL(self.base_url + quote(check_subpath(subpath), safe="/"))
         for _ in range(MAX_REDIRECTS + 1):
             location = await self._get(url, subpath, limit)

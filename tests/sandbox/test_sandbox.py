@@ -279,7 +279,7 @@ async def test_retention_follows_the_core_by_default_and_runs_on_its_own(
     make_service: ServiceFactory, events: EventLog
 ) -> None:
     service = await make_service(
-        service={"delivery_report_retention_seconds": 0},
+        service={"delivery_report_retention_seconds": 1},
         reporting={"purge_interval": 0.05},
         sandbox={"account": "sb"},
     )
@@ -292,6 +292,33 @@ async def test_retention_follows_the_core_by_default_and_runs_on_its_own(
         return not (await store.list_captures(limit=10))[0]
 
     await wait_until(purged)
+
+
+@pytest.mark.parametrize("core_retention", [0, -1])
+async def test_following_a_core_retention_of_zero_or_less_keeps_every_capture(
+    make_service: ServiceFactory, core_retention: int
+) -> None:
+    """As the core's automatic purge is off then, so is ours (max_messages still bounds)."""
+    service = await make_service(service={"delivery_report_retention_seconds": core_retention})
+    store = service.store
+    assert isinstance(store, CaptureStore)
+    now = time.time()
+    await store.add_captures([capture("old", captured_at=now - 10 * 86400)], 100)
+    assert await purge_expired(service, now) == 0
+    assert [c.gmp_id for c in (await store.list_captures(limit=10))[0]] == ["old"]
+
+
+async def test_a_retention_of_its_own_applies_whatever_the_core_s(
+    make_service: ServiceFactory,
+) -> None:
+    service = await make_service(
+        service={"delivery_report_retention_seconds": 0}, sandbox={"retention_seconds": 0}
+    )
+    store = service.store
+    assert isinstance(store, CaptureStore)
+    now = time.time()
+    await store.add_captures([capture("old", captured_at=now - 1)], 100)
+    assert await purge_expired(service, now) == 1
 
 
 def capture(gmp_id: str, **fields: Any) -> Capture:

@@ -297,3 +297,115 @@ async def test_a_stored_volume_mounted_again_at_start_up_is_guarded_the_same(
     [error] = await events.wait("error", "m1")
     assert "forbidden" in error.detail
     assert proxy.connections == before
+
+
+def volume_the_originals_way(
+    backend: str, host: str, port: int, allow: list[str]
+) -> dict[str, Any]:
+    """``volume()`` written with the original service's key names (s3 key/secret/prefix,
+    webdav base_url, http timeout): they reach main's guarded sources unchanged."""
+    url = f"http://{host}:{port}"
+    configs: dict[str, dict[str, Any]] = {
+        "http": {"base_url": f"{url}/docs", "timeout": 20, "allow_networks": allow},
+        "webdav": {
+            "base_url": f"{url}/shared",
+            "username": "u",
+            "password": "p",
+            "timeout": 20,
+            "allow_networks": allow,
+        },
+        "s3": {
+            "bucket": "attachments",
+            "prefix": "inv",
+            "endpoint_url": url,
+            "key": CREDENTIALS["access_key"],
+            "secret": CREDENTIALS["secret_key"],
+            "region": CREDENTIALS["region"],
+        },
+    }
+    return {"name": "vol", "backend": backend, "config": configs[backend]}
+
+
+@pytest.mark.parametrize("backend", NETWORK_BACKENDS)
+async def test_volumes_written_the_originals_way_are_guarded_the_same(
+    start: Start,
+    dns: ScriptedDns,
+    origins: dict[str, CountingProxy],
+    sink: SmtpSink,
+    events: EventLog,
+    backend: str,
+) -> None:
+    """Rebound to loopback: refused, never connected. The control, through the same DNS
+    server with loopback opened by the operator: delivered."""
+    proxy = origins[backend]
+    rebound, opened = fresh_name(), fresh_name()
+    dns.script(rebound, A=[PUBLIC, "127.0.0.1"])
+    dns.script(opened, A=["127.0.0.1"])
+    before = proxy.connections
+    service = await start()
+    definition = volume_the_originals_way(backend, rebound, proxy.port, [])
+    await set_volume_and_send(service, ADMIN, definition, "m1")
+    [error] = await events.wait("error", "m1")
+    assert error.detail == (
+        f"attachment 'doc': forbidden: {rebound} resolves to a non-public address (127.0.0.1)"
+    )
+    assert proxy.connections == before
+
+    service = await start(api_allow_networks=["127.0.0.0/8"])
+    definition = volume_the_originals_way(backend, opened, proxy.port, ["127.0.0.0/8"])
+    await set_volume_and_send(service, SHOP, definition, "m2")
+    await events.wait("sent", "m2")
+    assert attachments_of(sink.mails[0])[0][2] == PAYLOAD
+    assert proxy.connections > before
+
+
+@pytest.fixture(scope="module")
+def unsigned_https() -> Iterator[CountingProxy]:
+    """An HTTPS file server whose certificate nobody trusts, behind a counting proxy."""
+    import ssl
+
+    import trustme
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("*.rebind.test").configure_cert(context)
+    server = FileServer({"/docs/a.pdf": PAYLOAD}, tls=context).start()
+    proxy = CountingProxy(("127.0.0.1", server.port)).start()
+    yield proxy
+    proxy.stop()
+    server.stop()
+
+
+@pytest.mark.parametrize("allowed", [False, True], ids=["guarded", "loopback-allowed"])
+async def test_verify_ssl_false_turns_off_the_certificate_check_not_the_address_guard(
+    start: Start,
+    dns: ScriptedDns,
+    unsigned_https: CountingProxy,
+    sink: SmtpSink,
+    events: EventLog,
+    allowed: bool,
+) -> None:
+    """``verify_ssl = false`` (plugins.toml only): a name that resolves to loopback is still
+    refused before any connection unless the volume allow-lists it; allow-listed, the
+    unverified certificate is accepted."""
+    host = fresh_name()
+    dns.script(host, A=["127.0.0.1"])
+    before = unsigned_https.connections
+    config = {
+        "base_url": f"https://{host}:{unsigned_https.port}/docs",
+        "verify_ssl": False,
+        "allow_networks": ["127.0.0.0/8"] if allowed else [],
+    }
+    service = await start(mounts=[{"name": "vol", "backend": "http", "config": config}])
+    mail = message("m1", attachments=[{"filename": "doc", "storage_path": "vol:a.pdf"}])
+    await service.add_messages([mail])
+    if allowed:
+        await events.wait("sent", "m1")
+        assert attachments_of(sink.mails[0])[0][2] == PAYLOAD
+        assert unsigned_https.connections > before
+    else:
+        [error] = await events.wait("error", "m1")
+        assert error.detail == (
+            f"attachment 'doc': forbidden: {host} resolves to a non-public address (127.0.0.1)"
+        )
+        assert unsigned_https.connections == before
+        assert sink.mails == []
