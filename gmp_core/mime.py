@@ -89,8 +89,8 @@ def build_mime(
     if message.reply_to:
         root["Reply-To"] = _address(message.reply_to)
     root["Subject"] = _header_value(message.subject)  # type: ignore[assignment]
-    root["Message-ID"] = message.message_id
-    root["X-GMP-ID"] = message.id
+    root["Message-ID"] = message.message_id  # ASCII: intake made sure of it
+    root["X-GMP-ID"] = _header_value(message.id)  # type: ignore[assignment]
     for name, value in (*message.headers.items(), *outgoing.extra_headers.items()):
         root[name] = _header_value(value)  # type: ignore[assignment]
     data = root.as_bytes()
@@ -212,8 +212,14 @@ def _address(address: Address, folded: bool = False) -> str:
             words = words.replace("\n", "")
         return f"{words} <{addr}>"
     # An internationalised address (sent with SMTPUTF8) goes as raw UTF-8 (RFC 6532): the
-    # compat32 generator writes surrogate-escaped text through unchanged.
-    text = f'"{email.utils.quote(name)}" <{addr}>' if name else addr
+    # compat32 generator writes surrogate-escaped text through unchanged, and folds none of
+    # it. A name too long for the line goes as encoded words, one a line, folded here.
+    if not name:
+        text = addr
+    elif len(name.encode()) + len(addr.encode()) <= _LONG_WORD:
+        text = f'"{email.utils.quote(name)}" <{addr}>'
+    else:
+        text = f"{Header(name, 'utf-8').encode()}\n <{addr}>"
     return text.encode().decode("ascii", "surrogateescape")
 
 
