@@ -167,14 +167,16 @@ def _disposition(name: str) -> str:
     encoded = urllib.parse.quote(name, safe="")
     if len(encoded) <= _PARAM_CHUNK:
         return f"attachment; filename*={_RFC2231_UTF8}{encoded}"
-    chunks, start = [], 0
-    while start < len(encoded):
-        end = min(start + _PARAM_CHUNK, len(encoded))
-        percent = encoded.rfind("%", end - 2, end)  # never cut a %XX in two
-        if percent != -1 and end < len(encoded):
-            end = percent
-        chunks.append(encoded[start:end])
-        start = end
+    # Cut between characters, never inside one: Python's reader (and others) decode each
+    # continuation on its own, and half a UTF-8 sequence reads as garbage.
+    chunks, chunk = [], ""
+    for char in name:
+        quoted = urllib.parse.quote(char, safe="")
+        if chunk and len(chunk) + len(quoted) > _PARAM_CHUNK:
+            chunks.append(chunk)
+            chunk = ""
+        chunk += quoted
+    chunks.append(chunk)
     chunks[0] = _RFC2231_UTF8 + chunks[0]  # the charset is named in the first part only
     return "attachment; " + "; ".join(f"filename*{i}*={c}" for i, c in enumerate(chunks))
 

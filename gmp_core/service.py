@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -401,8 +402,15 @@ class Service:
                 raise InvalidInput(f"account_id: {NOT_YOURS}")
         except InvalidInput as exc:
             return Rejection(item_id, str(exc))
-        except Exception:  # intake names the field of its own failures; this is the last net
-            log.exception("checking a message failed: it was rejected")
+        except Exception as exc:  # intake names the field of its own failures: the last net
+            # Where it was raised, not its text: that may quote the client's.
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            log.error(
+                "checking a message raised %s (%s:%s): it was rejected",
+                type(exc).__name__,
+                where.filename,
+                where.lineno,
+            )
             return Rejection(item_id, "invalid message: it could not be checked")
         return message
 
