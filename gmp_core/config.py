@@ -31,7 +31,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.fields import FieldInfo
 
 from gmp_core import legacy_ini
-
 from gmp_core.intake import ascii_domain
 
 DEFAULT_CONFIG_FILE = "plugins.toml"

@@ -20,7 +20,7 @@ wrong JSON type. The promises checked on every example:
 The service runs on an event loop of its own on a background thread (hypothesis' tests are
 synchronous); the test talks to it over its socket like any client, and waits on its events.
 
-Bounded for CI (``EXAMPLES``, about 30 s for the whole file); ``GMP_PROPERTY_PROFILE=deep``
+Bounded for CI (``EXAMPLES``, about 15 s for the whole file); ``GMP_PROPERTY_PROFILE=deep``
 runs 20 times as many, ``GMP_API_PROPERTY_EXAMPLES=N`` exactly N. On CI (``CI=true``) the
 examples are derandomised, so a red build is reproducible.
 """
