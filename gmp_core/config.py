@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.fields import FieldInfo
 
 from gmp_core import legacy_ini
+from gmp_core.intake import ascii_domain
 
 DEFAULT_CONFIG_FILE = "plugins.toml"
 
@@ -109,7 +110,14 @@ class ServiceSettings(Settings):
         "purge, cleanup-messages removes them",
     )
     message_id_domain: str | None = setting(
-        None, description="domain of generated Message-IDs (default: the sender's)"
+        None,
+        description="domain of generated Message-IDs (default: the sender's; an "
+        "internationalised one goes as its A-label)",
+    )
+    max_defer_seconds: float = setting(
+        365 * 86400,
+        gt=0,
+        description="how far ahead deferred_ts may be (further: rejected)",
     )
     max_message_attachment_bytes: int = setting(
         40 * 1024 * 1024, description="most attachment bytes in one message", ge=1
@@ -126,6 +134,16 @@ class ServiceSettings(Settings):
         if not 0 <= value <= 3:
             raise ValueError("must be between 0 and 3")
         return value
+
+    @field_validator("message_id_domain")
+    @classmethod
+    def _ascii_domain(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        converted = ascii_domain(value.strip())
+        if converted is None:
+            raise ValueError("must be a domain name (example.com) or a literal ([192.0.2.1])")
+        return converted
 
     @field_validator("batch_size_per_account", "max_concurrent_sends", "max_messages_per_call")
     @classmethod

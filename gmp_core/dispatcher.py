@@ -22,11 +22,13 @@ import contextlib
 import heapq
 import logging
 import os
+import re
 import socket
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from gmp_core.interfaces import AttachmentError, RateDecision, VolumeBackend
@@ -439,6 +441,7 @@ class Dispatcher:
     def outcome_of(self, claim: Claim, result: SendResult, now: float) -> Outcome:
         """Sent, retried later with back-off, or failed for good."""
         message, attempts = claim.message, claim.attempts
+        result = _storable(result)
         if result.accepted:
             data = {"refused": result.refused} if result.refused else {}
             event = Event(
@@ -670,3 +673,32 @@ class Outage:
         if self.since is not None:
             log.warning("%s works again after %.0fs", self.what, time.monotonic() - self.since)
             self.since = None
+
+
+def _storable(result: SendResult) -> SendResult:
+    """The result with the server's text as text any store can keep and any report can
+    carry. aiosmtplib keeps reply bytes that are not UTF-8 as lone surrogates (a relay
+    answering ``550 caf\xe9``): written as they are, the outcome could never be stored and the
+    message stayed ``sending``."""
+    texts = [result.detail, *result.refused.values()]
+    if all(text.isascii() for text in texts):
+        return result
+    return replace(
+        result,
+        detail=_readable(result.detail),
+        refused={addr: _readable(reply) for addr, reply in result.refused.items()},
+    )
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _readable(text: str) -> str:
+    """``text`` as valid Unicode: bytes that were not UTF-8 (kept as surrogate escapes) read
+    as U+FFFD, as any other lone surrogate does."""
+    if text.isascii():
+        return text
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that escapes no byte
+        return _SURROGATE.sub("\ufffd", text)

@@ -89,8 +89,8 @@ def build_mime(
     if message.reply_to:
         root["Reply-To"] = _address(message.reply_to)
     root["Subject"] = _header_value(message.subject)  # type: ignore[assignment]
-    root["Message-ID"] = message.message_id
-    root["X-GMP-ID"] = message.id
+    root["Message-ID"] = message.message_id  # ASCII: intake made sure of it
+    root["X-GMP-ID"] = _header_value(message.id)  # type: ignore[assignment]
     for name, value in (*message.headers.items(), *outgoing.extra_headers.items()):
         root[name] = _header_value(value)  # type: ignore[assignment]
     data = root.as_bytes()
@@ -167,14 +167,16 @@ def _disposition(name: str) -> str:
     encoded = urllib.parse.quote(name, safe="")
     if len(encoded) <= _PARAM_CHUNK:
         return f"attachment; filename*={_RFC2231_UTF8}{encoded}"
-    chunks, start = [], 0
-    while start < len(encoded):
-        end = min(start + _PARAM_CHUNK, len(encoded))
-        percent = encoded.rfind("%", end - 2, end)  # never cut a %XX in two
-        if percent != -1 and end < len(encoded):
-            end = percent
-        chunks.append(encoded[start:end])
-        start = end
+    # Cut between characters, never inside one: Python's reader (and others) decode each
+    # continuation on its own, and half a UTF-8 sequence reads as garbage.
+    chunks, chunk = [], ""
+    for char in name:
+        quoted = urllib.parse.quote(char, safe="")
+        if chunk and len(chunk) + len(quoted) > _PARAM_CHUNK:
+            chunks.append(chunk)
+            chunk = ""
+        chunk += quoted
+    chunks.append(chunk)
     chunks[0] = _RFC2231_UTF8 + chunks[0]  # the charset is named in the first part only
     return "attachment; " + "; ".join(f"filename*{i}*={c}" for i, c in enumerate(chunks))
 
@@ -212,8 +214,14 @@ def _address(address: Address, folded: bool = False) -> str:
             words = words.replace("\n", "")
         return f"{words} <{addr}>"
     # An internationalised address (sent with SMTPUTF8) goes as raw UTF-8 (RFC 6532): the
-    # compat32 generator writes surrogate-escaped text through unchanged.
-    text = f'"{email.utils.quote(name)}" <{addr}>' if name else addr
+    # compat32 generator writes surrogate-escaped text through unchanged, and folds none of
+    # it. A name too long for the line goes as encoded words, one a line, folded here.
+    if not name:
+        text = addr
+    elif len(name.encode()) + len(addr.encode()) <= _LONG_WORD:
+        text = f'"{email.utils.quote(name)}" <{addr}>'
+    else:
+        text = f"{Header(name, 'utf-8').encode()}\n <{addr}>"
     return text.encode().decode("ascii", "surrogateescape")
 
 

@@ -7,6 +7,7 @@ objects are always valid once built.
 from __future__ import annotations
 
 import email.utils
+import re
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -145,9 +146,21 @@ def _address(value: list[str] | tuple[str, str]) -> Address:
     return (value[0], value[1])
 
 
+# What RFC 5322 does not allow in a display name unquoted (email.utils' own list).
+_SPECIALS = re.compile(r'[][\\()<>@,:;".]')
+
+
 def format_address(address: Address) -> str:
-    """``("Doe, John", "j@x")`` -> ``'"Doe, John" <j@x>'`` (unicode kept, not encoded)."""
-    return email.utils.formataddr(address)
+    """``("Doe, John", "j@x")`` -> ``'"Doe, John" <j@x>'``, for people and for the API: the
+    text as it is, non-ASCII names and internationalised addresses included (never encoded
+    words), and read back by intake as the same address. (``email.utils.formataddr`` encodes
+    a non-ASCII name and raises on an internationalised address.)"""
+    name, addr = address
+    if not name:
+        return addr
+    if _SPECIALS.search(name):
+        name = f'"{email.utils.quote(name)}"'
+    return f"{name} <{addr}>"
 
 
 @dataclass(slots=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -20,6 +21,7 @@ from gmp_core.intake import (
     parse_account,
     parse_message,
     parse_priority,
+    storable_id,
     unknown_fields,
 )
 from gmp_core.interfaces import RateLimitPolicy, Reporter, Transport, VolumeBackend
@@ -312,43 +314,37 @@ class Service:
             raise InvalidInput(
                 f"Cannot enqueue more than {settings.max_messages_per_call} messages at once"
             )
-        try:
-            batch_priority = parse_priority(default_priority)
-        except InvalidInput as exc:
-            raise InvalidInput(str(exc).replace("priority", "default_priority", 1)) from None
-        priority = settings.default_priority if batch_priority is None else batch_priority
+        priority = _batch_priority(default_priority, settings.default_priority)
 
         started = time.perf_counter()
-        rejected: list[Rejection] = []
+        now = time.time()
+        # By id, the last copy in the call decides: a later copy replaces an earlier one (and
+        # takes its place in the call's order), and a later invalid copy is the answer for
+        # that id, so no earlier copy is queued. Items without an id are answered each alone.
+        decided: dict[str, Message | Rejection] = {}
+        unnamed: list[Message | Rejection] = []
         warnings: list[FieldWarning] = []
-        parsed: dict[str, Message] = {}  # by id: a later copy in the batch replaces an earlier
         for item in items:
-            warnings.extend(FieldWarning(_item_id(item), name) for name in unknown_fields(item))
-            try:
-                message = parse_message(
-                    item,
-                    default_priority=priority,
-                    default_account=settings.default_account,
-                    message_id_domain=settings.message_id_domain,
-                )
-                self._check_volumes(message)
-                if principal is not None and not principal.may_use(message.account_id):
-                    raise InvalidInput(f"account_id: {NOT_YOURS}")
-            except InvalidInput as exc:
-                rejected.append(Rejection(_item_id(item), str(exc)))
+            item_id = _item_id(item)
+            warnings.extend(FieldWarning(item_id, name) for name in unknown_fields(item))
+            outcome = self._checked_message(item, item_id, priority, now, principal)
+            if outcome.id is None:  # only a rejection can have no id
+                unnamed.append(outcome)
                 continue
-            parsed.pop(message.id, None)
-            parsed[message.id] = message
+            decided.pop(outcome.id, None)
+            decided[outcome.id] = outcome
 
-        accounts = await self.accounts.get_many({m.account_id for m in parsed.values()})
+        outcomes = [*decided.values(), *unnamed]
+        rejected = [o for o in outcomes if isinstance(o, Rejection)]
+        parsed = [o for o in outcomes if isinstance(o, Message)]
+        accounts = await self.accounts.get_many({m.account_id for m in parsed})
         valid = []
-        for message in parsed.values():
+        for message in parsed:
             if message.account_id in accounts:
                 valid.append(message)
             else:
                 rejected.append(Rejection(message.id, "account not found"))
 
-        now = time.time()
         events = [
             Event("queued", m.id, m.account_id, now, data={"priority": m.priority}) for m in valid
         ]
@@ -374,9 +370,49 @@ class Service:
         await self.notify_events([enqueued])
         await self.notify_events(e for e in events if e.message_id in queued)
         rejections = [Event("rejected", r.id or "", None, now, detail=r.reason) for r in rejected]
-        await self._keep_rejections([e for e in rejections if e.message_id], principal)
+        # Into the history only under an id that could be a message's (not a list, not 10 kB)
+        await self._keep_rejections(
+            [e for e in rejections if storable_id(e.message_id) is not None], principal
+        )
         await self.notify_events(rejections)
         return AddResult(queued=len(result.queued), rejected=rejected, warnings=warnings)
+
+    def _checked_message(
+        self,
+        item: Any,
+        item_id: str | None,
+        priority: int,
+        now: float,
+        principal: Principal | None,
+    ) -> Message | Rejection:
+        """One item of a call, as a message to queue or its rejection: nothing it contains
+        can fail the rest of the call."""
+        settings = self.config.service
+        try:
+            message = parse_message(
+                item,
+                default_priority=priority,
+                default_account=settings.default_account,
+                message_id_domain=settings.message_id_domain,
+                max_defer_seconds=settings.max_defer_seconds,
+                now=now,
+            )
+            self._check_volumes(message)
+            if principal is not None and not principal.may_use(message.account_id):
+                raise InvalidInput(f"account_id: {NOT_YOURS}")
+        except InvalidInput as exc:
+            return Rejection(item_id, str(exc))
+        except Exception as exc:  # intake names the field of its own failures: the last net
+            # Where it was raised, not its text: that may quote the client's.
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            log.error(
+                "checking a message raised %s (%s:%s): it was rejected",
+                type(exc).__name__,
+                where.filename,
+                where.lineno,
+            )
+            return Rejection(item_id, "invalid message: it could not be checked")
+        return message
 
     async def _keep_rejections(self, events: list[Event], principal: Principal | None) -> None:
         """Into the history of the ids the client used; a caller limited to some accounts
@@ -560,5 +596,24 @@ def _settings(account: Account) -> Account:
 
 
 def _item_id(item: Any) -> str | None:
+    """The id a client gave an item, to name it in the answer: a string or a number (as
+    intake reads them); anything else (a list, an object) names nothing."""
     value = item.get("id") if isinstance(item, dict) else None
-    return str(value) if value is not None else None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return str(value)
+    except ValueError:  # an integer of more than 4,300 digits is no id either
+        return None
+
+
+def _batch_priority(value: Any, configured: int) -> int:
+    """The call's ``default_priority``, else the configured one; a bad one refuses the call
+    with a reason naming it."""
+    try:
+        priority = parse_priority(value)
+    except InvalidInput as exc:
+        raise InvalidInput(str(exc).replace("priority", "default_priority", 1)) from None
+    return configured if priority is None else priority

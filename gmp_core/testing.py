@@ -77,6 +77,7 @@ class ReceivedMail:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    smtputf8: bool = False  # the client said SMTPUTF8 in MAIL FROM (RFC 6531)
     _parsed: email.message.EmailMessage | None = field(default=None, repr=False)
 
     @property
@@ -342,7 +343,12 @@ class SmtpSink:
         if reply is not None:
             return reply
         assert isinstance(envelope.content, bytes)
-        mail = ReceivedMail(str(envelope.mail_from), list(envelope.rcpt_tos), envelope.content)
+        mail = ReceivedMail(
+            str(envelope.mail_from),
+            list(envelope.rcpt_tos),
+            envelope.content,
+            smtputf8=envelope.smtp_utf8,
+        )
         async with self._changed:
             self.mails.append(mail)
             self._changed.notify_all()

@@ -61,7 +61,7 @@ def test_line_breaks_in_custom_headers_and_filenames_are_rejected(brk: str) -> N
     assert rejection(headers={f"X-Tag{brk}Bcc": "v"}).startswith("invalid header: 'X-Tag")
     attachment = {"filename": f"a{brk}.pdf", "storage_path": "base64:SGk="}
     assert rejection(attachments=[attachment]).startswith(
-        "invalid header: attachment filename contains"
+        "invalid header: attachments[0].filename contains"
     )
 
 
@@ -71,7 +71,7 @@ def test_line_breaks_in_custom_headers_and_filenames_are_rejected(brk: str) -> N
 def test_an_encoded_line_break_in_a_display_name_is_rejected(encoded: str) -> None:
     """CR LF hidden in an RFC 2047 encoded word decodes to a line break: not an address."""
     item = f"{encoded} <a@example.com>"
-    assert rejection(to=item) == f"invalid address: {item}"
+    assert rejection(to=item) == f"invalid address: to: {item}"
 
 
 def test_the_reason_names_the_field_without_echoing_the_value() -> None:

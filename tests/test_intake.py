@@ -25,8 +25,8 @@ def parse(item: Any, **kwargs: Any) -> Any:
     [
         ({"id": ""}, "invalid id: String should have at least 1 character"),
         ({"to": []}, "missing to"),
-        ({"to": "not an address"}, "invalid address: not an address"),
-        ({"to": ["ok@example.com", "bad@"]}, "invalid address: bad@"),
+        ({"to": "not an address"}, "invalid address: to: not an address"),
+        ({"to": ["ok@example.com", "bad@"]}, "invalid address: to: bad@"),
         ({"cc": "a@example.com\r\nBcc: victim@example.com"}, "invalid address: cc contains CR"),
         ({"from": "a@example.com, b@example.com"}, "invalid address: from must be one address"),
         ({"subject": "hi\r\nBcc: victim@example.com"}, "invalid header: Subject contains CR"),
@@ -48,11 +48,11 @@ def parse(item: Any, **kwargs: Any) -> Any:
         ({"attachments": [{"filename": "a.pdf"}]}, "missing attachments[0].storage_path"),
         (
             {"attachments": [{"filename": "a.pdf", "storage_path": "nocolon"}]},
-            "invalid storage_path",
+            "invalid attachments[0].storage_path",
         ),
         (
             {"attachments": [{"filename": "a\r\n.pdf", "storage_path": "v:x"}]},
-            "invalid header: attachment filename contains CR",
+            "invalid header: attachments[0].filename contains CR",
         ),
     ],
 )

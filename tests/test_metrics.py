@@ -149,6 +149,7 @@ async def test_errors_deferrals_and_rate_limits_are_counted(
     await events.wait("error", "perm")
     await service.add_messages([message(f"l{i}", account_id="limited") for i in range(2)])
     await events.wait("deferred", count=2)  # the retry of "temp", then the rate limit
+    await events.wait("sent", count=2)  # "temp", and the one the limit lets through
 
     async with client(service) as http:
         values = await scrape(http)
@@ -281,3 +282,47 @@ async def test_ready_and_metrics_while_the_store_does_not_answer(start: Start) -
             await stuck
         assert (await anonymous.get("/ready")).status_code == 200
         assert (await scrape(anonymous))("gmp_store_up") == 1
+
+
+ACCOUNT_TOKEN = "account-token-of-shop-only"
+
+
+@pytest.mark.parametrize("public", [True, False])
+async def test_who_reads_the_metrics_is_what_the_docs_say(
+    start: Start, sink: SmtpSink, events: EventLog, public: bool
+) -> None:
+    """docs/api.md, docs/monitoring.md: public (the default), anyone who reaches the port
+    reads every account's counters, an account token's holder too; not public, the API token
+    reads them and an account token gets 403. Either way they are counts and timings labelled
+    with account ids: no message id, address, subject or host."""
+    tokens = {
+        "api_token": TOKEN,
+        "account_tokens": [{"token": ACCOUNT_TOKEN, "accounts": ["shop"]}],
+    }
+    service = await start(metrics={"public": public}, token_auth=tokens)
+    await service.put_account(account(sink, "shop"))
+    await service.put_account(account(sink, "other-account"))
+    secret_looking = message(
+        "id-4711",
+        account_id="other-account",
+        to=["Ada Recipient <ada.recipient@example.org>"],
+        subject="subject-words-0815",
+    )
+    await service.add_messages([secret_looking])
+    await events.wait("sent", "id-4711")
+
+    async with client(service, token=None) as anonymous, client(service, ACCOUNT_TOKEN) as shop:
+        if public:
+            for reader in (anonymous, shop):
+                seen = await scrape(reader)
+                assert seen("gmp_sent_total", account_id="other-account") == 1
+            text = (await anonymous.get("/metrics")).text
+            for never in ("id-4711", "ada.recipient", "subject-words", "127.0.0.1"):
+                assert never not in text
+        else:
+            assert (await anonymous.get("/metrics")).status_code == 401
+            refused = await shop.get("/metrics")
+            assert refused.status_code == 403
+            assert refused.json()["error"].startswith("this caller may act only on its own")
+            async with client(service) as admin:
+                assert (await scrape(admin))("gmp_sent_total", account_id="other-account") == 1

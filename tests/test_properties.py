@@ -29,9 +29,11 @@ from gmp_core.mime import build_mime
 from gmp_core.models import Address, Message, OutgoingMessage
 
 # Bounded for CI, and the same examples on every CI run (CI=true) so a red build is never
-# luck; locally each run explores new ones. GMP_PROPERTY_EXAMPLES=5000 digs deeper.
+# luck; locally each run explores new ones. GMP_PROPERTY_PROFILE=deep (5,000 examples) or
+# GMP_PROPERTY_EXAMPLES=N digs deeper.
+DEEP = os.environ.get("GMP_PROPERTY_PROFILE") == "deep"
 SETTINGS = settings(
-    max_examples=int(os.environ.get("GMP_PROPERTY_EXAMPLES", "150")),
+    max_examples=int(os.environ.get("GMP_PROPERTY_EXAMPLES", "5000" if DEEP else "150")),
     derandomize=bool(os.environ.get("CI")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
@@ -122,7 +124,7 @@ body_text = st.one_of(
 @st.composite
 def message_item(draw: st.DrawFn) -> dict[str, Any]:
     item: dict[str, Any] = {
-        "id": draw(st.one_of(st.just("m1"), any_text)),
+        "id": draw(st.one_of(st.just("m1"), any_text, tricky_text)),
         "account_id": "acc",
         "from": draw(
             st.one_of(st.builds(write_address, st.tuples(display_name, addr_spec)), any_text)
@@ -133,6 +135,12 @@ def message_item(draw: st.DrawFn) -> dict[str, Any]:
     }
     if draw(st.booleans()):
         item["cc"] = draw(address_field())
+    if draw(st.booleans()):
+        item["reply_to"] = draw(st.builds(write_address, st.tuples(display_name, addr_spec)))
+    if draw(st.booleans()):
+        item["message_id"] = draw(
+            st.one_of(st.builds(lambda local, host: f"<{local}@{host}>", atom, domain), any_text)
+        )
     if draw(st.booleans()):
         item["headers"] = draw(st.dictionaries(header_name, header_text, max_size=3))
     if draw(st.booleans()):
@@ -190,7 +198,10 @@ def assert_reads_back(message: Message, mail: email.message.EmailMessage) -> Non
     assert addresses(mail, "From") == [message.sender]
     assert addresses(mail, "To") == message.to
     assert addresses(mail, "Cc") == message.cc
+    assert addresses(mail, "Reply-To") == ([message.reply_to] if message.reply_to else [])
     assert mail["Bcc"] is None
+    assert str(mail["X-GMP-ID"]) == message.id
+    assert str(mail["Message-ID"]) == message.message_id and message.message_id.isascii()
     assert str(mail["Subject"]) == message.subject
     for name, value in message.headers.items():
         assert str(mail[name]) == value, name

@@ -19,7 +19,9 @@ OBSERVER = "metrics-observer"
 
 class MetricsSettings(Settings):
     public: bool = setting(
-        True, description="serve /metrics without the API token (false: token required)"
+        True,
+        description="serve /metrics without any token, every account's counters to anyone "
+        "who reaches the port (false: the API token required)",
     )
     process_metrics: bool = setting(
         True, description="also export process_* and python_* series (CPU, memory, GC)"

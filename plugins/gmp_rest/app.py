@@ -31,6 +31,7 @@ from quart_schema import (
 )
 from quart_schema.validation import QuerystringValidationError
 from werkzeug.exceptions import BadRequest, HTTPException, MethodNotAllowed, RequestEntityTooLarge
+from werkzeug.routing import PathConverter
 
 from gmp_core import (
     AccountBusy,
@@ -48,6 +49,7 @@ from gmp_core import (
     Service,
     StoreCannotWrite,
 )
+from gmp_core.intake import SURROGATE_REASON, shown
 from gmp_core.models import format_address
 from gmp_core.service import NOT_YOURS
 from gmp_rest import schemas as s
@@ -56,6 +58,8 @@ from gmp_rest.docs_ui import DOCS_ENDPOINTS, add_docs_routes, basic_auth_token
 from gmp_rest.openapi import PLUGIN_ROUTE_ATTRIBUTE, GmpOpenAPIProvider, fails
 
 log = logging.getLogger("gmp.rest")
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -83,6 +87,10 @@ def create_app(service: Service) -> Quart:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["BODY_TIMEOUT"] = settings.body_timeout
     app.extensions["gmp_service"] = service
+    # An id is the client's text: "/x", "a//b" and "x/" are ids like any other, not paths to
+    # tidy up (werkzeug would answer "/messages//x" with a redirect to "/messages/x").
+    app.url_map.merge_slashes = False
+    app.url_map.converters["id"] = IdConverter
     QuartSchema(
         app,
         openapi_path="/openapi.json",
@@ -121,6 +129,13 @@ def create_app(service: Service) -> Quart:
 
 PLUGIN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 _PATH_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class IdConverter(PathConverter):
+    """A path parameter that is a whole id: any text, slashes included, also at its start."""
+
+    regex = ".+"
+    part_isolating = False  # it spans "/" (werkzeug guesses from a "/" in the regex)
 
 
 def add_plugin_routes(app: Quart, service: Service) -> None:
@@ -266,8 +281,14 @@ def _check_account(account_id: str | None) -> None:
         raise Forbidden(f"account_id: {NOT_YOURS}")
 
 
-async def read_json() -> Any:
-    """The JSON body, whatever the Content-Type says; an empty body counts as ``{}``.
+async def read_json(*, plain: bool = True) -> Any:
+    """The JSON body, whatever the Content-Type says; an empty body counts as ``{}``. Any
+    body that cannot be read is a 400 saying why: not UTF-8, not JSON, nested too deep (a
+    RecursionError in the parser).
+
+    ``plain`` (every endpoint but add-messages, whose messages intake checks one by one, each
+    rejected alone) also refuses a body that is valid JSON but not data a store can keep: a
+    lone surrogate (``"\\ud800"``) anywhere, or nesting deeper than :data:`MAX_DEPTH`.
 
     Neither the body nor its parsed form is cached on the request: Quart's request objects
     live until the cyclic garbage collector reaches them, and a batch of 1,000 messages parses
@@ -277,11 +298,46 @@ async def read_json() -> Any:
     if not raw.strip():
         return {}
     try:
-        return json.loads(raw, parse_constant=_not_json)
+        data = json.loads(raw, parse_constant=_not_json)
     except UnicodeDecodeError as exc:
         raise BadRequest(f"invalid JSON body: not UTF-8 (byte {exc.start})") from None
+    except RecursionError:
+        raise BadRequest("invalid JSON body: nested too deep") from None
     except ValueError as exc:
         raise BadRequest(f"invalid JSON body: {exc}") from None
+    if plain:
+        problem = _not_plain(data)
+        if problem:
+            raise BadRequest(f"invalid JSON body: {problem}")
+    return data
+
+
+MAX_DEPTH = 32  # no endpoint takes more than a few levels; deeper is an attack on recursion
+
+
+def _not_plain(data: Any) -> str | None:
+    """Where ``data`` holds a lone surrogate or is nested deeper than MAX_DEPTH, or None.
+    Iterative: the check itself must not recurse."""
+    pending: list[tuple[str, Any, int]] = [("", data, 0)]
+    while pending:
+        path, value, depth = pending.pop()
+        if isinstance(value, str):
+            if not value.isascii() and _SURROGATE.search(value):
+                return f"{path or 'the body'} {SURROGATE_REASON}"
+            continue
+        if not isinstance(value, dict | list):
+            continue
+        if depth >= MAX_DEPTH:
+            return f"nested deeper than {MAX_DEPTH} levels"
+        if isinstance(value, dict):
+            for key, item in value.items():
+                child = f"{path}.{shown(key, 40)}".lstrip(".")
+                if not key.isascii() and _SURROGATE.search(key):
+                    return f"a key of {path or 'the body'} {SURROGATE_REASON}"
+                pending.append((child, item, depth + 1))
+        else:
+            pending.extend((f"{path}[{i}]", item, depth + 1) for i, item in enumerate(value))
+    return None
 
 
 def _not_json(constant: str) -> None:
@@ -290,9 +346,13 @@ def _not_json(constant: str) -> None:
     raise ValueError(f"{constant} is not a JSON value")
 
 
-async def read_body(model: type[M]) -> M:
-    """The JSON body validated against ``model``."""
-    data = await read_json()
+async def read_body(model: type[M], *, plain: bool = True) -> M:
+    """The JSON body validated against ``model`` (``plain``: see :func:`read_json`)."""
+    return read_model(model, await read_json(plain=plain))
+
+
+def read_model(model: type[M], data: Any) -> M:
+    """``data`` validated against ``model``: a 422 naming the field otherwise."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -555,7 +615,7 @@ async def add_messages() -> ResponseReturnValue:
     client's retry of a call that was stored stays a success. The answer comes once the
     messages are stored.
     """
-    body = await read_body(s.AddMessagesBody)
+    body = await read_body(s.AddMessagesBody, plain=False)
     try:
         result = await _service().add_messages(
             body.messages, body.default_priority, principal=_principal()
@@ -779,7 +839,9 @@ async def put_volume() -> ResponseReturnValue:
     Credentials in `config` are answered as `***`.
     """
     payload = await read_json()
-    _check_account(payload.get("account_id") if isinstance(payload, dict) else None)
+    # The owner's type first: authorisation looks at its value (a list is a 422, not a 500)
+    owner = read_model(s.VolumeOwner, payload if isinstance(payload, dict) else {})
+    _check_account(owner.account_id)
     try:
         volume = await _volumes().put(payload)
     except _NoVolumes:
@@ -870,10 +932,10 @@ ROUTES: list[tuple[str, View, list[str]]] = [
     ("/commands/delete-messages", delete_messages, ["POST"]),
     ("/commands/cleanup-messages", cleanup_messages, ["POST"]),
     ("/messages", list_messages, ["GET"]),
-    ("/messages/<path:message_id>", get_message, ["GET"]),
+    ("/messages/<id:message_id>", get_message, ["GET"]),
     ("/account", put_account, ["POST"]),
     ("/accounts", list_accounts, ["GET"]),
-    ("/account/<path:account_id>", delete_account, ["DELETE"]),
+    ("/account/<id:account_id>", delete_account, ["DELETE"]),
     ("/volume", put_volume, ["POST"]),
     ("/volumes", list_volumes, ["GET"]),
     ("/volume/<name>", get_volume, ["GET"]),

@@ -282,6 +282,12 @@ class VolumeRequest(BaseModel):
     account_id: str | None = Field(None, description="only this account may use it")
 
 
+class VolumeOwner(BaseModel):
+    """The one field of ``POST /volume`` that the API checks itself (authorisation needs it)."""
+
+    account_id: str | None = None
+
+
 class VolumeQuery(BaseModel):
     account_id: str | None = Field(
         None, description="the account's own volume (none: the global one, or every one)"

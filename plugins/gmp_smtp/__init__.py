@@ -92,7 +92,10 @@ class SmtpTransport:
         if smtp.is_ehlo_or_helo_needed:
             await smtp.ehlo()  # once per connection; extensions are known only after EHLO
         mail_from = [_path(b"FROM:", message.sender)]
-        if not (message.sender + "".join(message.recipients)).isascii():
+        # Non-ASCII in the envelope, or in the mail itself: raw UTF-8 addresses (RFC 6532) in
+        # From or Reply-To need SMTPUTF8 even when every envelope address is ASCII.
+        envelope = message.sender + "".join(message.recipients)
+        if not envelope.isascii() or not message.data.isascii():
             if not smtp.supports_extension("smtputf8"):
                 return SendResult.failed(
                     "the server does not support SMTPUTF8, needed for non-ASCII addresses",

@@ -187,3 +187,14 @@ def test_account_tokens_are_checked_at_start_up(
     config = rest_config(tmp_path, token_auth={"account_tokens": tokens})
     with pytest.raises(ConfigError, match=error):
         Service(config)
+
+
+@pytest.mark.parametrize("owner", [["shop"], {"id": "shop"}, 7, True], ids=repr)
+async def test_a_volume_owner_of_the_wrong_type_is_422_before_any_authorisation(
+    shop: httpx.AsyncClient, owner: Any
+) -> None:
+    # was: 500, TypeError (a list is unhashable) while checking the caller may use it
+    volume = {"name": "v", "backend": "memory", "config": {}, "account_id": owner}
+    response = await shop.post("/volume", json=volume)
+    assert response.status_code == 422
+    assert response.json()["error"].startswith("invalid account_id: ")
