@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import gmp_sql
 import peewee as pw
@@ -87,6 +87,19 @@ def test_the_bundled_store_implements_every_capability(tmp_path: Path) -> None:
     for protocol in CAPABILITIES:
         assert isinstance(store, protocol), protocol.__name__
         assert require_capability(store, protocol, plugin="any", needs="needs it") is store
+
+
+def test_require_capability_wants_a_runtime_checkable_protocol(tmp_path: Path) -> None:
+    """A mistake of the plugin's author, told as one (not as a store lacking something)."""
+    store = SqlStore(pw.SqliteDatabase(str(tmp_path / "unopened.db")))
+    with pytest.raises(TypeError, match="is not a protocol class"):
+        require_capability(store, lambda: None, plugin="any", needs="needs it")
+
+    class NotRuntimeCheckable(Protocol):
+        async def reserve_sends(self) -> None: ...
+
+    with pytest.raises(TypeError, match="runtime_checkable"):
+        require_capability(store, NotRuntimeCheckable, plugin="any", needs="needs it")
 
 
 def test_each_method_belongs_to_one_protocol() -> None:
