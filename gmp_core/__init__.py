@@ -36,6 +36,7 @@ from gmp_core.models import (
     State,
     TlsMode,
 )
+from gmp_core.rate_windows import RateWindowStore
 from gmp_core.service import AccountBusy, Forbidden, NotFound, Service
 from gmp_core.store import (
     AccountDeletion,
@@ -46,8 +47,9 @@ from gmp_core.store import (
     QueueDepth,
     Store,
     StoreCannotWrite,
-    VolumeRecord,
+    require_capability,
 )
+from gmp_core.volume_records import VolumeRecord, VolumeStore
 
 hookimpl = pluggy.HookimplMarker("gmp")
 
@@ -77,6 +79,7 @@ __all__ = [
     "QueueDepth",
     "RateDecision",
     "RateLimitPolicy",
+    "RateWindowStore",
     "ReportReply",
     "Reporter",
     "RouteAnswer",
@@ -91,6 +94,8 @@ __all__ = [
     "Transport",
     "VolumeBackend",
     "VolumeRecord",
+    "VolumeStore",
     "hookimpl",
+    "require_capability",
     "setting",
 ]

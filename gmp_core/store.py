@@ -1,4 +1,4 @@
-"""The Store protocol: everything the core keeps, behind one async interface.
+"""The Store protocol: the queue the core keeps, behind one async interface.
 
 A store plugin (``gmp_make_store``) implements it; the bundled ``gmp_sql`` does so on peewee for
 SQLite and PostgreSQL. The contract, which the shared store tests check on every backend:
@@ -8,14 +8,24 @@ SQLite and PostgreSQL. The contract, which the shared store tests check on every
   lease ran out is due again, so a crashed dispatcher's claims are taken by another;
 * ``record`` writes outcomes and their events together, or nothing;
 * work queries touch O(batch) rows, whatever the table size.
+
+``Store`` holds what the core itself needs, and only that: a method is here when the core
+calls it, or when it reads nothing but the core's own data (messages, their events, accounts,
+the report queue, leases and flags), so that every store can answer it. Data that belongs to a
+plugin sits behind a *capability* of its own, an optional protocol that the plugin needing it
+checks for at start-up (:func:`require_capability`): ``RateWindowStore`` (``rate_windows.py``,
+for gmp_ratelimit), ``VolumeStore`` (``volume_records.py``, for gmp_volumes), ``CaptureStore``
+(``captures.py``, for gmp_sandbox). docs/plugins.md, "Store capabilities", says how a plugin
+declares one and how a store implements it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from gmp_core.config import ConfigError
 from gmp_core.interfaces import DeliveryReport
 from gmp_core.models import Account, Event, Message, Outcome
 
@@ -90,22 +100,12 @@ class QueueDepth:
     oldest_due: float | None = None
 
 
-@dataclass(slots=True)
-class VolumeRecord:
-    """An attachment volume defined over the API, kept so it is mounted again at start-up.
-    ``config`` is the backend's settings, credentials included: the API never shows it."""
-
-    name: str
-    account_id: str | None  # None: every account may use it
-    backend: str
-    config: dict[str, Any]
-    created_at: float
-    updated_at: float
-
-
 @runtime_checkable
 class Store(Protocol):
-    # lifecycle ---------------------------------------------------------------------------
+    """The core's queue. Each group below says why the core, and not a plugin, needs it."""
+
+    # lifecycle: the service opens and closes the store, is woken by it when other processes
+    # queue work, and asks it for readiness (/ready) ---------------------------------------
     async def open(self) -> None:
         """Connect and create or migrate the schema."""
         ...
@@ -126,7 +126,7 @@ class Store(Protocol):
         tried now fails too."""
         ...
 
-    # intake ------------------------------------------------------------------------------
+    # intake: Service.add_messages queues messages, and checks whose ids they are -----------
     async def enqueue(
         self,
         messages: Sequence[Message],
@@ -147,7 +147,7 @@ class Store(Protocol):
         """The account of each of these messages that exists (message id -> account id)."""
         ...
 
-    # dispatch ----------------------------------------------------------------------------
+    # dispatch: the dispatcher claims due messages, keeps its leases and records outcomes ---
     async def claim(
         self,
         worker: str,
@@ -175,16 +175,7 @@ class Store(Protocol):
         """When the earliest scheduled message or lease falls due (None: nothing pending)."""
         ...
 
-    # rate limits -------------------------------------------------------------------------
-    async def reserve_sends(
-        self, account_id: str, limits: Sequence[tuple[int, int]], wanted: int, now: float
-    ) -> tuple[int, list[float]]:
-        """Atomically reserve up to ``wanted`` sends within every ``(window_seconds, limit)``
-        sliding window. Return how many were granted and, for each one refused, when a slot
-        frees up."""
-        ...
-
-    # accounts ----------------------------------------------------------------------------
+    # accounts: every claimed batch is sent for an account, and the API manages them --------
     async def put_account(self, account: Account, now: float) -> None: ...
 
     async def get_accounts(self, ids: Sequence[str]) -> dict[str, Account]: ...
@@ -196,7 +187,9 @@ class Store(Protocol):
         it, end those not being sent as ``error`` "account deleted" (events written too)."""
         ...
 
-    # admin -------------------------------------------------------------------------------
+    # admin: what the service's operations show and remove (GET/DELETE /messages, status,
+    # retention), and the queue's depth for monitoring: reads of the core's own tables, which
+    # any store keeping the queue can answer ------------------------------------------------
     async def list_messages(
         self,
         *,
@@ -223,7 +216,14 @@ class Store(Protocol):
         """Messages per state."""
         ...
 
-    # delivery reports ----------------------------------------------------------------------
+    async def queue_depth(self, now: float) -> QueueDepth:
+        """Unsent messages (queued, scheduled, sending) per state and priority, and when the
+        oldest due one became due (its ``deferred_ts``, else its arrival). Called on each
+        metrics scrape, so it must read the indexes of unsent states, never the whole table."""
+        ...
+
+    # delivery reports: each reporter loop posts its queue and acknowledges it; events that
+    # change no message join the same history -----------------------------------------------
     async def set_reporters(self, reporters: Mapping[str, bool]) -> int:
         """The enabled reporters (name -> also wants deferrals). From now on each final event,
         and each deferral for those that want them, waits for each of them. Reports waiting
@@ -246,12 +246,8 @@ class Store(Protocol):
         waits for gets ``reported_ts = now`` (retention counts from then)."""
         ...
 
-    async def queue_depth(self, now: float) -> QueueDepth:
-        """Unsent messages (queued, scheduled, sending) per state and priority, and when the
-        oldest due one became due (its ``deferred_ts``, else its arrival). Called on each
-        metrics scrape, so it must read the indexes of unsent states, never the whole table."""
-        ...
-
+    # leases and flags: the suspend switch (flag "active"), which every process sharing the
+    # store follows, and the lease that lets one process at a time post a reporter's queue --
     async def get_flag(self, name: str) -> str | None: ...
 
     async def hold_lease(self, name: str, holder: str, now: float, seconds: float) -> bool:
@@ -266,13 +262,33 @@ class Store(Protocol):
 
     async def set_flag(self, name: str, value: str) -> None: ...
 
-    # volumes -----------------------------------------------------------------------------
-    async def put_volume(self, volume: VolumeRecord) -> None:
-        """Create or replace the volume with this ``(name, account_id)``."""
-        ...
 
-    async def list_volumes(self) -> list[VolumeRecord]: ...
+C = TypeVar("C")
 
-    async def delete_volume(self, name: str, account_id: str | None) -> bool:
-        """Delete the volume with exactly this ``(name, account_id)``; False when absent."""
-        ...
+
+def require_capability(
+    store: object, capability: Callable[..., C], *, plugin: str, needs: str
+) -> C:
+    """``store``, if it implements ``capability`` (a ``runtime_checkable`` protocol); else a
+    :class:`ConfigError` naming the plugin, the protocol and the two ways on. A plugin calls it
+    from a registration hook, where the store is already open, so that start-up stops before
+    any work is taken::
+
+        windows = require_capability(
+            service.store, RateWindowStore, plugin="ratelimit", needs="counts sends in the store"
+        )
+
+    ``needs`` says what the plugin keeps in the store, to complete "the <plugin> plugin ...".
+    """
+    # ``Callable[..., C]`` and not ``type[C]``: mypy accepts no protocol class for ``type[C]``.
+    if not isinstance(capability, type):
+        raise TypeError(f"require_capability: {capability!r} is not a protocol class")
+    if isinstance(store, capability):
+        return store  # type: ignore[return-value]  # narrowed by isinstance, which mypy misses
+    package = capability.__module__.split(".")[0]
+    raise ConfigError(
+        f"the {plugin} plugin {needs}, and the configured store ({type(store).__name__}) "
+        f"cannot: it does not implement {package}.{capability.__qualname__}. Use a store "
+        f"that does (the bundled 'sql'), or disable the plugin: "
+        f'[plugins] disable = ["{plugin}"]'
+    )

@@ -1,4 +1,6 @@
-"""The store's contract (gmp_core/store.py), checked directly on the bundled SQL store."""
+"""The store's contract (gmp_core/store.py), and that of the capabilities the bundled plugins
+need (gmp_core/rate_windows.py, gmp_core/volume_records.py), checked directly on the bundled SQL
+store."""
 
 from __future__ import annotations
 
@@ -10,7 +12,18 @@ from pathlib import Path
 import pytest
 from gmp_sql import SqlSettings, gmp_make_store
 
-from gmp_core import Account, Config, Event, Message, Outcome, State, Store, VolumeRecord
+from gmp_core import (
+    Account,
+    Config,
+    Event,
+    Message,
+    Outcome,
+    RateWindowStore,
+    State,
+    Store,
+    VolumeRecord,
+    VolumeStore,
+)
 from gmp_core.intake import parse_message
 from tests.support import message
 
@@ -350,6 +363,7 @@ async def test_rejections_are_kept_as_history(store: Store) -> None:
 
 
 async def test_sliding_window_reservations(store: Store) -> None:
+    assert isinstance(store, RateWindowStore)
     now = 1_000_000.0
     granted, retry = await store.reserve_sends("acc", [(60, 3)], 2, now)
     assert (granted, retry) == (2, [])
@@ -437,6 +451,8 @@ async def test_opening_migrates_and_is_safe_from_several_processes_at_once(
 
 
 async def test_volumes_are_keyed_by_name_and_account(store: Store) -> None:
+    assert isinstance(store, VolumeStore)
+
     def volume(account_id: str | None, base: str, at: float) -> VolumeRecord:
         return VolumeRecord("docs", account_id, "local", {"base_path": base}, at, at)
 

@@ -25,6 +25,7 @@ from gmp_core import (
     Settings,
     Transport,
     hookimpl,
+    require_capability,
     setting,
 )
 from gmp_sandbox.capturing import CaptureWriter
@@ -75,14 +76,9 @@ def gmp_register_settings(register: Callable[[str, type[Settings]], None]) -> No
 @hookimpl
 def gmp_register_transports(register: Callable[[str, Transport], None], service: Service) -> None:
     settings: SandboxSettings = service.config.section("sandbox")
-    store = service.store
-    if not isinstance(store, CaptureStore):
-        raise ConfigError(
-            f"the sandbox keeps captured mail in the store, and the configured store "
-            f"({type(store).__name__}) cannot: it does not implement gmp_core.CaptureStore. "
-            "Use a store that does (the bundled 'sql'), or disable the plugin: "
-            '[plugins] disable = ["sandbox"]'
-        )
+    store = require_capability(
+        service.store, CaptureStore, plugin="sandbox", needs="keeps captured mail in the store"
+    )
     writer = CaptureWriter(store, keep=settings.max_messages)
     register(TRANSPORT, SandboxTransport(writer, settings.slow_seconds))
 

@@ -1,4 +1,6 @@
-"""Bundled store plugin: messages, accounts and rate-limit windows in SQL through peewee.
+"""Bundled store plugin: the core's queue (``gmp_core.Store``) and the capabilities the bundled
+plugins need (rate-limit windows, volumes, captured mail) in SQL through peewee, one file per
+job (``store.py`` lists them).
 
 ``[sql] url`` (or the legacy ``GMP_DB_PATH``) is a file path or ``sqlite:///path`` (default
 ``gmp.db`` in the working directory), or ``postgresql://user:password@host:port/database``

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Any
 
 from gmp_core import Capture
-from gmp_sql.runner import Runner, on_db_thread
-from gmp_sql.schema import Schema
+from gmp_sql.base import SqlBase, dicts, value_rows
+from gmp_sql.runner import on_db_thread
 
 # Several processes on one PostgreSQL database: one at a time trims the table, so their
 # deletes of the same oldest rows never deadlock.
@@ -34,30 +33,17 @@ DELETE FROM captures WHERE pk <= (SELECT pk FROM captures ORDER BY pk DESC LIMIT
 """
 
 
-class _Sql(Protocol):
-    """What the captures need of the store they are mixed into."""
-
-    runner: Runner
-    write_failure: str | None
-    schema: Schema
-    postgres: bool
-
-    def _write(self) -> AbstractContextManager[Any]: ...
-
-    def _sql(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
-
-
-class CaptureMethods:
+class CaptureMethods(SqlBase):
     """The :class:`gmp_core.CaptureStore` methods of the SQL store."""
 
     @on_db_thread
-    def add_captures(self: _Sql, captures: Sequence[Capture], keep: int) -> list[int]:
+    def add_captures(self, captures: Sequence[Capture], keep: int) -> list[int]:
         ids: list[int] = []
         with self._write():
             for start in range(0, len(captures), ROWS_PER_INSERT):
                 chunk = captures[start : start + ROWS_PER_INSERT]
                 params = [value for capture in chunk for value in _columns(capture)]
-                rows = _value_rows(len(chunk), CAPTURE_COLUMNS)
+                rows = value_rows(len(chunk), CAPTURE_COLUMNS)
                 # Ids grow in the order of VALUES; RETURNING gives them in no set order.
                 ids += sorted(pk for (pk,) in self._sql(_INSERT_SQL.format(rows=rows), params))
             if self.postgres:
@@ -67,7 +53,7 @@ class CaptureMethods:
 
     @on_db_thread
     def list_captures(
-        self: _Sql,
+        self,
         *,
         limit: int,
         cursor: int | None = None,
@@ -86,19 +72,19 @@ class CaptureMethods:
             query = query.where(c.gmp_id == gmp_id)
         if accounts is not None:
             query = query.where(c.account_id.in_(list(accounts)))
-        captures = [_capture(row) for row in _dicts(query)]
+        captures = [_capture(row) for row in dicts(query)]
         next_cursor = captures[-1].id if len(captures) == limit else None
         return captures, next_cursor
 
     @on_db_thread
-    def get_capture(self: _Sql, capture_id: int) -> Capture | None:
+    def get_capture(self, capture_id: int) -> Capture | None:
         c = self.schema.Capture
-        rows = _dicts(c.select().where(c.pk == capture_id))
+        rows = dicts(c.select().where(c.pk == capture_id))
         return _capture(rows[0]) if rows else None
 
     @on_db_thread
     def delete_captures(
-        self: _Sql, *, account_id: str | None = None, accounts: Sequence[str] | None = None
+        self, *, account_id: str | None = None, accounts: Sequence[str] | None = None
     ) -> int:
         c = self.schema.Capture
         query = c.delete()
@@ -111,7 +97,7 @@ class CaptureMethods:
         return removed
 
     @on_db_thread
-    def purge_captures(self: _Sql, captured_before: float) -> int:
+    def purge_captures(self, captured_before: float) -> int:
         c = self.schema.Capture
         with self._write():
             removed: int = c.delete().where(c.captured_at < captured_before).execute()
@@ -130,17 +116,6 @@ def _columns(capture: Capture) -> tuple[Any, ...]:
         capture.captured_at,
         capture.data or b"",
     )
-
-
-def _dicts(query: Any) -> list[dict[str, Any]]:
-    """Rows as dicts (peewee's stubs type ``.dicts()`` rows as model instances)."""
-    rows: list[dict[str, Any]] = list(query.dicts())
-    return rows
-
-
-def _value_rows(rows: int, columns: int) -> str:
-    row = "(" + ", ".join("?" * columns) + ")"
-    return ", ".join([row] * rows)
 
 
 def _capture(row: dict[str, Any]) -> Capture:

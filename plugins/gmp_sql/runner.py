@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
@@ -85,8 +85,9 @@ S = TypeVar("S", bound=_HasRunner)
 
 def on_db_thread(
     method: Callable[Concatenate[S, P], T],
-) -> Callable[Concatenate[S, P], Awaitable[T]]:
-    """Turn a synchronous store method into an async one, run by the store's runner."""
+) -> Callable[Concatenate[S, P], Coroutine[Any, Any, T]]:
+    """Turn a synchronous store method into an async one (a coroutine function, as the
+    protocols' ``async def`` methods are), run by the store's runner."""
 
     @functools.wraps(method)
     async def run(self: S, *args: P.args, **kwargs: P.kwargs) -> T:

@@ -26,9 +26,10 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationInfo, field_validator
 
@@ -136,6 +137,11 @@ def _aad(*parts: str) -> bytes:
 def is_secret_field(name: str) -> bool:
     """Whether a volume config key holds a credential (S3 keys, HTTP/WebDAV password, token)."""
     return any(word in name.lower() for word in _SECRET_WORDS)
+
+
+def secret_fields(config: Mapping[str, Any]) -> list[str]:
+    """The keys of a volume's config that hold a credential (and have a value)."""
+    return [k for k, v in config.items() if is_secret_field(k) and isinstance(v, str) and v]
 
 
 def is_sealed(value: str) -> bool:

@@ -14,7 +14,15 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, field_validator
 
-from gmp_core import Service, Settings, VolumeBackend, hookimpl, setting
+from gmp_core import (
+    Service,
+    Settings,
+    VolumeBackend,
+    VolumeStore,
+    hookimpl,
+    require_capability,
+    setting,
+)
 from gmp_volumes.definitions import Network, VolumeDefinition, expand_environment
 from gmp_volumes.registry import VolumeRegistry
 from gmp_volumes.resolver import parse_nameserver
@@ -109,7 +117,13 @@ def gmp_register_volume_backends(
 ) -> None:
     settings: VolumesSettings = service.config.section("volumes")
     register("base64", Base64Volume(settings.max_attachment_bytes))
-    registry = VolumeRegistry(service, settings)
+    store = require_capability(
+        service.store,
+        VolumeStore,
+        plugin="volumes",
+        needs="keeps the volumes defined over the API in the store",
+    )
+    registry = VolumeRegistry(service, settings, store)
     service.state[STATE_KEY] = registry  # first: if mounting fails, shutdown closes the rest
     registry.mount_configured(register)
 

@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from gmp_core import AttachmentError, ConfigError, InvalidInput, Service, VolumeRecord
+from gmp_core import (
+    AttachmentError,
+    ConfigError,
+    InvalidInput,
+    Service,
+    VolumeRecord,
+    VolumeStore,
+)
 from gmp_volumes.definitions import VolumeDefinition, describe
 from gmp_volumes.guard import AddressGuard
 from gmp_volumes.install import MissingLibrary
@@ -80,8 +87,9 @@ class NamedVolume:
 
 
 class VolumeRegistry:
-    def __init__(self, service: Service, settings: VolumesSettings) -> None:
+    def __init__(self, service: Service, settings: VolumesSettings, store: VolumeStore) -> None:
         self.service = service
+        self.store = store  # the service's store, checked at start-up to keep volumes
         self.settings = settings
         self.reuse = RecentReads(settings.reuse_seconds, settings.reuse_max_bytes)
         self.resolver = Resolver(settings.nameservers)
@@ -164,7 +172,7 @@ class VolumeRegistry:
         messages fail with a clear error."""
         retired: list[Source] = []
         async with self._changing:  # the store read too: a put here meanwhile is in it
-            records = {(r.name, r.account_id): r for r in await self.service.store.list_volumes()}
+            records = {(r.name, r.account_id): r for r in await self.store.list_volumes()}
             for key, mounted in list(self._mounted.items()):
                 if not mounted.from_file and key not in records:  # deleted elsewhere
                     retired.append(self._uninstall(key).source)
@@ -263,7 +271,7 @@ class VolumeRegistry:
                 updated_at=now,
             )
             try:
-                await self.service.store.put_volume(record)
+                await self.store.put_volume(record)
             except BaseException:
                 await source.close()
                 raise
@@ -283,7 +291,7 @@ class VolumeRegistry:
                 return False
             if current.from_file:
                 raise InvalidInput(f"volume {name!r} is defined in plugins.toml")
-            await self.service.store.delete_volume(name, account_id)
+            await self.store.delete_volume(name, account_id)
             self._uninstall(key)
         await current.source.close()
         log.info("volume %r deleted over the API", name)
